@@ -1,0 +1,166 @@
+"""LSTMClassifier: Embedding -> stacked recurrent layers -> Dense, and the peephole LSTM layer.
+
+Three cells share one classifier:
+
+* ``lstm``     : ``nn.LSTM`` (cuDNN on GPU, oneDNN on CPU), the default.
+* ``peephole`` : :class:`PeepholeLSTM`, the seed's equations written out (gates read c_{t-1}).
+* ``gru``      : ``nn.GRU``.
+
+Padding never changes a prediction: the layers are unidirectional and the classifier reads each
+sequence's hidden state at its last real token, so steps after it (padding) are never looked at.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CELLS = ("lstm", "peephole", "gru")
+
+
+class PeepholeLSTM(nn.Module):
+    """One LSTM layer with peephole connections, batch-first.
+
+    The seed's equations (``W_c*`` are per-unit vectors, ``∘`` is the element-wise product)::
+
+        i_t = σ(W_xi x_t + W_hi h_{t-1} + W_ci ∘ c_{t-1} + b_i)
+        f_t = σ(W_xf x_t + W_hf h_{t-1} + W_cf ∘ c_{t-1} + b_f)
+        o_t = σ(W_xo x_t + W_ho h_{t-1} + W_co ∘ c_{t-1} + b_o)
+        c_t = f_t ∘ c_{t-1} + i_t ∘ tanh(W_xc x_t + W_hc h_{t-1} + b_c)
+        h_t = o_t ∘ tanh(c_t)
+
+    Weights are stacked in ``nn.LSTM``'s gate order (i, f, g=c, o), so with zero peephole
+    weights the layer computes exactly what ``nn.LSTM`` computes with
+    ``weight_ih_l0 = weight_ih``, ``weight_hh_l0 = weight_hh`` and ``bias_ih_l0 + bias_hh_l0 = bias``.
+
+    Example
+    -------
+    >>> layer = PeepholeLSTM(8, 16)
+    >>> layer(torch.randn(2, 5, 8)).shape
+    torch.Size([2, 5, 16])
+    """
+
+    def __init__(self, input_size: int, hidden_size: int):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden_size, input_size))  # W_x{i,f,c,o}
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden_size, hidden_size))  # W_h{i,f,c,o}
+        self.bias = nn.Parameter(torch.empty(4 * hidden_size))  # b_{i,f,c,o}
+        self.weight_peep = nn.Parameter(torch.empty(3, hidden_size))  # rows: W_ci, W_cf, W_co
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.LSTM's initialisation, applied to every weight including the peepholes.
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, D) -> h for every step: (B, T, H)
+        B, T, _ = x.shape
+        H = self.hidden_size
+        # Input projections of all steps in one matmul; only the recurrent part stays in the loop.
+        x_proj = F.linear(x, self.weight_ih, self.bias)  # (B, T, 4H)
+        w_ci, w_cf, w_co = self.weight_peep  # (H,) each
+        h = x.new_zeros(B, H)
+        c = x.new_zeros(B, H)
+        outputs = []
+        for t in range(T):
+            gates = torch.addmm(x_proj[:, t], h, self.weight_hh.t())  # (B, 4H)
+            i, f, g, o = gates.chunk(4, dim=1)
+            i = torch.sigmoid(i + w_ci * c)
+            f = torch.sigmoid(f + w_cf * c)
+            o = torch.sigmoid(o + w_co * c)  # reads c_{t-1}, as the seed's equations say
+            c = f * c + i * torch.tanh(g)
+            h = o * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=1)
+
+
+class StackedPeepholeLSTM(nn.Module):
+    """``num_layers`` PeepholeLSTM layers with dropout between them (as nn.LSTM's ``dropout``)."""
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
+        super().__init__()
+        sizes = [input_size] + [hidden_size] * (num_layers - 1)
+        self.layers = nn.ModuleList(PeepholeLSTM(s, hidden_size) for s in sizes)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for n, layer in enumerate(self.layers):
+            if n > 0:
+                x = self.dropout(x)
+            x = layer(x)
+        return x
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding(vocab, E) -> ``num_layers`` x recurrent(H) -> Dense.
+
+    Two classes give one logit (sigmoid + binary cross-entropy); more give one logit per class
+    (softmax + cross-entropy).
+
+    Example
+    -------
+    >>> m = LSTMClassifier(vocab_size=100, num_classes=3)
+    >>> m(torch.tensor([[5, 6, 7], [8, 0, 0]]), torch.tensor([3, 1])).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        num_classes: int,
+        cell: str = "lstm",
+        embed_dim: int = 128,
+        hidden_size: int = 128,
+        num_layers: int = 2,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if num_classes < 2:
+            raise ValueError("a classifier needs at least 2 classes")
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
+        between = dropout if num_layers > 1 else 0.0
+        if cell == "lstm":
+            self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
+        elif cell == "gru":
+            self.rnn = nn.GRU(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
+        else:
+            self.rnn = StackedPeepholeLSTM(embed_dim, hidden_size, num_layers, between)
+        self.head = nn.Linear(hidden_size, 1 if num_classes == 2 else num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # ids: (B, T) right-padded with 0; lengths: (B,) real tokens per row, >= 1
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        out = self.rnn(x)
+        out = out[0] if isinstance(out, tuple) else out  # (B, T, H)
+        # The state at each row's last real token; padding after it is never read.
+        # (pack_padded_sequence would do the same but leaves the fast oneDNN path on CPU.)
+        last = (lengths.to(out.device) - 1).clamp(min=0)
+        h = out[torch.arange(out.shape[0], device=out.device), last]  # (B, H)
+        return self.head(self.dropout(h))  # (B, 1) or (B, C)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, C) from logits, for both the sigmoid and the softmax head."""
+        if self.num_classes == 2:
+            p1 = torch.sigmoid(logits[:, 0].float())
+            return torch.stack([1 - p1, p1], dim=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None):
+        """Binary cross-entropy for two classes, cross-entropy for more. ``targets``: (B,) int."""
+        if self.num_classes == 2:
+            pos_weight = None if weight is None else weight[1] / weight[0]
+            return F.binary_cross_entropy_with_logits(
+                logits[:, 0].float(), targets.float(), pos_weight=pos_weight
+            )
+        return F.cross_entropy(logits.float(), targets, weight=weight)

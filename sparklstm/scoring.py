@@ -1,0 +1,177 @@
+"""The Spark scoring UDF: broadcast model, one copy per Python worker, batched, GPU-aware.
+
+``classify_udf(spark, model_dir)`` verifies the model on the driver, broadcasts the model
+directory's bytes (executors need no shared filesystem), and returns a column function::
+
+    df.withColumn("pred", classify_udf(spark, "model/")("text"))
+
+Inside each Python worker the model is decoded once and cached by (model sha256, device), so a
+reused worker never reloads it; rows are scored in length-sorted batches by the same
+:class:`~sparklstm.predictor.Predictor` that ``sparklstm predict`` uses.
+"""
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+
+from .artifact import model_from_files, read_model_files
+from .device import resolve_device, task_gpu_device
+from .errors import SparklstmError
+
+RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
+
+# Per Python worker process: (model sha256, device) -> Predictor. A reused worker keeps it.
+_PREDICTORS: dict = {}
+# How many times this worker process decoded a model (the scale tests read it per worker).
+LOAD_COUNT = {"n": 0}
+
+
+def _task_device(requested: str) -> str:
+    """The task's GPU if Spark assigned one; else CUDA if asked for; else CPU."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if requested in ("auto", "cuda") and ctx is not None:
+        gpus = ctx.resources().get("gpu")
+        if gpus is not None and gpus.addresses:
+            return task_gpu_device(list(gpus.addresses))
+    if requested == "auto":
+        return "cpu"
+    return resolve_device(requested)
+
+
+def _predictor(files_bc, model_id: str, device: str, batch_size: int):
+    from .predictor import Predictor
+
+    key = (model_id, device)
+    predictor = _PREDICTORS.get(key)
+    if predictor is None:
+        predictor = Predictor(model_from_files(files_bc.value), device=device, batch_size=batch_size)
+        _PREDICTORS[key] = predictor
+        LOAD_COUNT["n"] += 1
+        if os.environ.get("SPARKLSTM_LOAD_LOG"):
+            # One line per model load, for the tests that count loads per Python worker.
+            with open(os.environ["SPARKLSTM_LOAD_LOG"], "a") as f:
+                f.write(f"{os.getpid()} {model_id} {device}\n")
+    predictor.batch_size = batch_size
+    return predictor
+
+
+def _set_threads() -> None:
+    """torch threads = the task's cores (spark.task.cpus), so tasks don't oversubscribe."""
+    import torch
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    cpus = ctx.cpus() if ctx is not None else 1
+    if torch.get_num_threads() != cpus:
+        torch.set_num_threads(max(1, cpus))
+
+
+def _results(predictor, texts: pd.Series) -> pd.DataFrame:
+    valid, label_idx, probs = predictor.predict_arrays(texts.tolist())
+    labels = predictor.labels
+    return pd.DataFrame({
+        "label": [labels[k] if ok else None for ok, k in zip(valid, label_idx)],
+        "probability": [float(p[k]) if ok else None for ok, k, p in zip(valid, label_idx, probs)],
+        "probabilities": [p.tolist() if ok else None for ok, p in zip(valid, probs)],
+    })
+
+
+def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd.Series]]:
+    """Group consecutive Arrow batches until ``buffer_rows`` rows, so length sorting and model
+    batches span Arrow batch boundaries; yields each group's batches in input order."""
+    group, rows = [], 0
+    for batch in batches:
+        group.append(batch)
+        rows += len(batch)
+        if rows >= buffer_rows:
+            yield group
+            group, rows = [], 0
+    if group:
+        yield group
+
+
+def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device: str = "auto",
+                 buffer_rows: int | None = None):
+    """A pandas UDF that classifies a string column.
+
+    Returns a function of a column (name or Column) giving
+    ``struct<label: string, probability: double, probabilities: array<double>>``, null where
+    the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
+    The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
+
+    Example
+    -------
+    >>> classify = classify_udf(spark, "model/")                       # doctest: +SKIP
+    >>> df.withColumn("pred", classify("text")).select("pred.label")   # doctest: +SKIP
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    if batch_size < 1:
+        raise SparklstmError("batch_size must be >= 1")
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise SparklstmError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    files = read_model_files(model_dir)
+    artifact = model_from_files(files, source=str(model_dir))  # fail on the driver, not in tasks
+    model_id = artifact.model_id
+    files_bc = spark.sparkContext.broadcast(files)
+    buffer_rows = buffer_rows or max(4 * batch_size, 1024)
+
+    @pandas_udf(RESULT_TYPE)
+    def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        _set_threads()
+        predictor = _predictor(files_bc, model_id, _task_device(device), batch_size)
+        for group in _rebatch(batches, buffer_rows):
+            scored = _results(predictor, pd.concat(group, ignore_index=True))
+            start = 0
+            for batch in group:  # one output per input batch, same rows, same order
+                yield scored.iloc[start : start + len(batch)].reset_index(drop=True)
+                start += len(batch)
+
+    def apply(column):
+        result = classify(column)
+        # A pandas UDF can't return a null struct, only a struct of nulls; make it a null struct.
+        return F.when(result["label"].isNull(), F.lit(None)).otherwise(result)
+
+    apply.udf = classify
+    apply.model_id = model_id
+    apply.labels = artifact.labels
+    return apply
+
+
+def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: str = "text",
+          pred_col: str = "prediction", batch_size: int = 256, device: str = "auto",
+          fmt: str | None = None, overwrite: bool = False) -> int:
+    """Score a table and write Parquet with every input column plus ``pred_col``; returns rows.
+
+    Example
+    -------
+    >>> score(spark, input_path="mail/", model_dir="model/", out="scored/")   # doctest: +SKIP
+    """
+    from pyspark.errors import PySparkException
+
+    from .tables import first_line, read_table, require_columns
+
+    classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device)
+    df = read_table(spark, input_path, fmt=fmt)
+    require_columns(df, {text_col: "text"}, source=str(input_path))
+    if pred_col in df.columns:
+        raise SparklstmError(f"input already has a column named {pred_col!r}; pass another --pred-col")
+    _check_output(out, overwrite)
+    try:
+        scored = df.withColumn(pred_col, classify(text_col))
+        scored.write.mode("overwrite" if overwrite else "errorifexists").parquet(str(out))
+        # Parquet footers hold row counts, so this reads no data.
+        return spark.read.parquet(str(out)).count()
+    except PySparkException as e:
+        raise SparklstmError(f"scoring failed: {first_line(e)}") from None
+
+
+def _check_output(out: str, overwrite: bool) -> None:
+    path = Path(str(out).removeprefix("file:"))
+    if "://" not in str(out) and path.exists() and not overwrite:
+        raise SparklstmError(f"output {out} exists (pass --overwrite to replace it)")

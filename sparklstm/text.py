@@ -1,0 +1,93 @@
+"""The one tokenize function, and the vocabulary that maps tokens to ids.
+
+Prep (inside Spark's Python workers), training and scoring all call :func:`tokenize` from here,
+so a text is split the same way everywhere. (Spark's RegexTokenizer runs Java regex, whose
+Unicode classes differ from Python's, so it would drift.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .errors import SparklstmError
+
+PAD, UNK = 0, 1
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
+
+# A word (letters, with an inner apostrophe: "don't"), a run of digits, or one symbol.
+# Symbols are kept on purpose: "$", "!" and "%" carry signal in spam, reviews and tickets.
+_TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+|[^\w\s]")
+
+
+def tokenize(text: str, *, lowercase: bool = True) -> list[str]:
+    """Split ``text`` into word, number and symbol tokens.
+
+    Example
+    -------
+    >>> tokenize("Don't pay $100 now!!")
+    ["don't", 'pay', '$', '100', 'now', '!', '!']
+    """
+    text = unicodedata.normalize("NFKC", text)
+    if lowercase:
+        text = text.lower()
+    return _TOKEN.findall(text)
+
+
+class Vocab:
+    """Token <-> id mapping; id 0 is padding, id 1 is unknown.
+
+    Example
+    -------
+    >>> v = Vocab(["free", "money"])
+    >>> v.encode("Free MONEY, free time", max_len=10).tolist()
+    [2, 3, 1, 2, 1]
+    """
+
+    def __init__(self, tokens: Iterable[str], *, lowercase: bool = True):
+        self.tokens = [PAD_TOKEN, UNK_TOKEN] + [t for t in tokens if t not in (PAD_TOKEN, UNK_TOKEN)]
+        self.lowercase = lowercase
+        self.index = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.index) != len(self.tokens):
+            raise SparklstmError("vocabulary has duplicate tokens")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str, *, max_len: int) -> np.ndarray:
+        """Token ids of the first ``max_len`` tokens of ``text``, as int32 (may be empty)."""
+        return self.encode_tokens(tokenize(text, lowercase=self.lowercase), max_len=max_len)
+
+    def encode_tokens(self, tokens: list[str], *, max_len: int) -> np.ndarray:
+        """Ids of already-tokenized text (prep tokenizes once and reuses the tokens)."""
+        get = self.index.get
+        return np.asarray([get(t, UNK) for t in tokens[:max_len]], dtype=np.int32)
+
+    def to_json(self) -> str:
+        return json.dumps({"lowercase": self.lowercase, "tokens": self.tokens}, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, data: str) -> "Vocab":
+        try:
+            obj = json.loads(data)
+            tokens, lowercase = obj["tokens"], obj["lowercase"]
+        except (ValueError, KeyError, TypeError):
+            raise SparklstmError("vocab.json is not a sparklstm vocabulary") from None
+        if tokens[:2] != [PAD_TOKEN, UNK_TOKEN]:
+            raise SparklstmError("vocab.json must start with <pad>, <unk>")
+        return cls(tokens[2:], lowercase=lowercase)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Vocab":
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise SparklstmError(f"vocabulary not found: {path}") from None

@@ -1,0 +1,153 @@
+"""Single-node PyTorch training over prepped/ Parquet.
+
+The loop is written out (no framework): length-bucketed batches, Adam, gradient clipping, a
+validation pass per epoch, early stopping on validation macro-F1 with the best weights kept, and
+the model directory written at the end with validation and test metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifact import save_model
+from .config import ModelConfig, TrainConfig, as_dict
+from .data import Split, batch_indices, pad_batch, read_split
+from .device import resolve_device
+from .errors import SparklstmError
+from .metrics import confusion_matrix, report
+from .prep import load_prepped
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def predict_split(model, split: Split, *, device: str, batch_size: int = 256) -> np.ndarray:
+    """Predicted class index (N,) for every row of a split."""
+    import torch
+
+    preds = np.empty(len(split), dtype=np.int64)
+    model.eval()
+    with torch.inference_mode():
+        for rows in batch_indices(split.lengths, batch_size=batch_size, rng=None):
+            x, lengths, _ = pad_batch(split, rows)
+            probs = model.probabilities(model(x.to(device), lengths.to(device)))
+            preds[rows] = probs.argmax(dim=1).cpu().numpy()
+    return preds
+
+
+def evaluate_split(model, split: Split, labels: list[str], *, device: str) -> dict:
+    preds = predict_split(model, split, device=device)
+    return report(confusion_matrix(split.labels, preds, len(labels)), labels)
+
+
+def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | None = None,
+          train_config: TrainConfig | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> dict:
+    """Train on ``prepped/`` and write the model directory ``out``; returns metrics.json's content.
+
+    Example
+    -------
+    >>> metrics = train(prepped="prepped/", out="model/")      # doctest: +SKIP
+    >>> metrics["test"]["macro_f1"]                             # doctest: +SKIP
+    0.96
+    """
+    import torch
+
+    mcfg = model_config or ModelConfig()
+    tcfg = train_config or TrainConfig()
+    vocab, labels, prep_info = load_prepped(prepped)
+    max_len = prep_info["settings"]["max_len"]
+    train_split, val_split, test_split = (read_split(Path(prepped) / s) for s in ("train", "val", "test"))
+    if len(train_split) == 0:
+        raise SparklstmError(f"{prepped}: the train split is empty")
+    present = np.unique(train_split.labels)
+    if len(present) < 2:
+        raise SparklstmError(f"{prepped}: the train split has a single class ({labels[present[0]]!r})")
+
+    device = resolve_device(tcfg.device)
+    if tcfg.num_threads > 0:
+        torch.set_num_threads(tcfg.num_threads)
+    # Denormal floats show up in LSTM gradients and are ~100x slower on x86 CPUs; flushing them
+    # measured ~14x faster nn.LSTM training here (README, "Benchmarks").
+    torch.set_flush_denormal(tcfg.flush_denormal)
+    seed_everything(tcfg.seed)
+    rng = np.random.default_rng(tcfg.seed)
+
+    from .model import LSTMClassifier
+
+    model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(mcfg)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    has_val = len(val_split) > 0
+    select_on = val_split if has_val else train_split  # no val split: select on train (logged)
+    if not has_val:
+        log("warning: the val split is empty; early stopping watches the train split")
+
+    history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
+    real_tokens, train_seconds = 0, 0.0
+    bar = _progress(progress)
+    with bar:
+        for epoch in range(1, tcfg.epochs + 1):
+            batches = batch_indices(train_split.lengths, batch_size=tcfg.batch_size, rng=rng)
+            task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=len(batches), loss=float("nan"),
+                                f1=best_f1 if best_f1 >= 0 else float("nan"))
+            model.train()
+            started, loss_sum = time.perf_counter(), 0.0
+            for step, rows in enumerate(batches, 1):
+                x, lengths, y = (t.to(device) for t in pad_batch(train_split, rows))
+                loss = model.loss(model(x, lengths), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tcfg.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                optimizer.step()
+                loss_sum += loss.item()
+                real_tokens += int(train_split.lengths[rows].sum())
+                bar.update(task, advance=1, loss=loss_sum / step)
+            train_seconds += time.perf_counter() - started
+            val = evaluate_split(model, select_on, labels, device=device)
+            history.append({"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1),
+                            "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+            bar.update(task, f1=val["macro_f1"])
+            if val["macro_f1"] > best_f1:
+                best_f1, best_epoch, stale = val["macro_f1"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= tcfg.patience:
+                    log(f"early stop after epoch {epoch}: no better val macro-F1 for {stale} epochs")
+                    break
+
+    model.load_state_dict(best_state)
+    metrics = {
+        "val": evaluate_split(model, val_split, labels, device=device) if has_val else None,
+        "test": evaluate_split(model, test_split, labels, device=device) if len(test_split) else None,
+        "best_epoch": best_epoch,
+        "history": history,
+        "train_seconds": round(train_seconds, 2),
+        "train_tokens_per_s": round(real_tokens / max(train_seconds, 1e-9), 1),
+        "device": device,
+    }
+    save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
+               max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
+    return metrics
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("val macro-F1 {task.fields[f1]:.4f}"),
+        TimeElapsedColumn(), disable=not enabled, transient=False,
+    )
