@@ -155,23 +155,27 @@ def score(
     input: Annotated[str, typer.Argument(help="Parquet, CSV or JSON-lines file or directory.")],
     model: Annotated[Path, typer.Option(help="Model directory.")] = Path("model"),
     out: Annotated[str, typer.Option(help="Output Parquet directory.")] = "scored",
-    text_col: Annotated[str, typer.Option(help="Text column.")] = "text",
-    pred_col: Annotated[str, typer.Option(help="Prediction column to add.")] = "prediction",
-    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 256,
-    device: Annotated[str, typer.Option(help="auto (task GPU, else CPU) | cpu | cuda.")] = "auto",
+    text_col: Annotated[Optional[str], typer.Option(help="Text column.")] = None,
+    pred_col: Annotated[Optional[str], typer.Option(help="Prediction column to add.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Rows per forward pass.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto (task GPU, else CPU) | cpu | cuda.")] = None,
     format: Annotated[Optional[str], typer.Option(help="parquet|csv|json (default: from the extension).")] = None,
+    config: ConfigPath = None,
     master: Master = None,
     overwrite: Overwrite = False,
 ):
     """Add a prediction column to every row of a table with the Spark UDF; write Parquet."""
+    from .config import load_config
     from .scoring import score as run_score
 
     with guarded():
+        cfg = load_config(path=config, overrides={"score": dict(
+            text_col=text_col, pred_col=pred_col, batch_size=batch_size, device=device)}).score
         if not model.is_dir():  # before starting Spark: a typo should fail in a second
             raise SparklstmError(f"model directory not found: {model}")
-        n = run_score(_spark(master), input_path=input, model_dir=model, out=out, text_col=text_col,
-                      pred_col=pred_col, batch_size=batch_size, device=device, fmt=format,
-                      overwrite=overwrite)
+        n = run_score(_spark(master), input_path=input, model_dir=model, out=out,
+                      text_col=cfg.text_col, pred_col=cfg.pred_col, batch_size=cfg.batch_size,
+                      device=cfg.device, fmt=format, overwrite=overwrite)
         out_console.print(f"scored {n} rows -> {out}")
 
 

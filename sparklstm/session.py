@@ -28,6 +28,12 @@ def get_spark(*, master: str | None = None, app_name: str = "sparklstm", conf: d
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    builder = SparkSession.builder.appName(app_name)
+    if "PYSPARK_GATEWAY_PORT" in os.environ and master is None:
+        # Launched by spark-submit: its --master and --conf rule; add only what was asked for.
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     master = master or os.environ.get("SPARKLSTM_MASTER") or "local[*]"
     settings = {
         "spark.ui.showConsoleProgress": "false",
@@ -40,7 +46,7 @@ def get_spark(*, master: str | None = None, app_name: str = "sparklstm", conf: d
         settings["spark.sql.shuffle.partitions"] = str(max(4, 2 * (os.cpu_count() or 2)))
         settings["spark.driver.memory"] = os.environ.get("SPARKLSTM_DRIVER_MEMORY", "4g")
     settings.update(conf or {})
-    builder = SparkSession.builder.master(master).appName(app_name)
+    builder = builder.master(master)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

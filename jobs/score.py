@@ -1,0 +1,45 @@
+"""spark-submit entry for batch scoring: argument parsing + one call.
+
+    spark-submit --master spark://host:7077 jobs/score.py --input corpus/ --model model/ \
+        --out scored/
+"""
+
+import argparse
+import sys
+
+from sparklstm.config import load_config
+from sparklstm.errors import SparklstmError
+from sparklstm.scoring import score
+from sparklstm.session import get_spark
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--text-col")
+    p.add_argument("--pred-col")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--format")
+    p.add_argument("--config")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(path=a.config, overrides={"score": {
+            "text_col": a.text_col, "pred_col": a.pred_col, "batch_size": a.batch_size,
+            "device": a.device}}).score
+        n = score(get_spark(app_name="sparklstm-score"), input_path=a.input, model_dir=a.model,
+                  out=a.out, text_col=cfg.text_col, pred_col=cfg.pred_col,
+                  batch_size=cfg.batch_size, device=cfg.device, fmt=a.format,
+                  overwrite=a.overwrite)
+    except SparklstmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"scored {n} rows -> {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
