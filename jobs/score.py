@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     p.add_argument("--pred-col")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--precision", help="fp32 | bf16 | int8")
     p.add_argument("--format")
     p.add_argument("--config")
     p.add_argument("--overwrite", action="store_true")
@@ -29,10 +30,11 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(path=a.config, overrides={"score": {
             "text_col": a.text_col, "pred_col": a.pred_col, "batch_size": a.batch_size,
-            "device": a.device}}).score
+            "device": a.device, "precision": a.precision}}).score
         n = score(get_spark(app_name="sparklstm-score"), input_path=a.input, model_dir=a.model,
                   out=a.out, text_col=cfg.text_col, pred_col=cfg.pred_col,
-                  batch_size=cfg.batch_size, device=cfg.device, fmt=a.format,
+                  batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision,
+                  fmt=a.format,
                   overwrite=a.overwrite)
     except SparklstmError as e:
         print(f"error: {e}", file=sys.stderr)

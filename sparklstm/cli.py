@@ -159,6 +159,7 @@ def score(
     pred_col: Annotated[Optional[str], typer.Option(help="Prediction column to add.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Rows per forward pass.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto (task GPU, else CPU) | cpu | cuda.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 | bf16 | int8.")] = None,
     format: Annotated[Optional[str], typer.Option(help="parquet|csv|json (default: from the extension).")] = None,
     config: ConfigPath = None,
     master: Master = None,
@@ -170,12 +171,13 @@ def score(
 
     with guarded():
         cfg = load_config(path=config, overrides={"score": dict(
-            text_col=text_col, pred_col=pred_col, batch_size=batch_size, device=device)}).score
+            text_col=text_col, pred_col=pred_col, batch_size=batch_size, device=device,
+            precision=precision)}).score
         if not model.is_dir():  # before starting Spark: a typo should fail in a second
             raise SparklstmError(f"model directory not found: {model}")
         n = run_score(_spark(master), input_path=input, model_dir=model, out=out,
                       text_col=cfg.text_col, pred_col=cfg.pred_col, batch_size=cfg.batch_size,
-                      device=cfg.device, fmt=format, overwrite=overwrite)
+                      device=cfg.device, precision=cfg.precision, fmt=format, overwrite=overwrite)
         out_console.print(f"scored {n} rows -> {out}")
 
 

@@ -57,6 +57,7 @@ class ScoreConfig:
     pred_col: str = "prediction"
     batch_size: int = 256  # rows per forward pass
     device: str = "auto"  # auto (the task's GPU if Spark assigned one, else CPU) | cpu | cuda
+    precision: str = "fp32"  # fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU)
 
 
 @dataclass
@@ -71,6 +72,7 @@ CHOICES = {
     ("model", "cell"): ("lstm", "peephole", "gru"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("score", "device"): ("auto", "cpu", "cuda"),
+    ("score", "precision"): ("fp32", "bf16", "int8"),
 }
 
 

@@ -13,6 +13,9 @@ import numpy as np
 
 from .artifact import ModelArtifact, load_artifact
 from .data import pad_ids
+from .errors import SparklstmError
+
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 class Predictor:
@@ -25,12 +28,16 @@ class Predictor:
     [{'label': 'spam', 'probability': 0.97, 'probabilities': [0.03, 0.97]}, None]
     """
 
-    def __init__(self, artifact: ModelArtifact, *, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, artifact: ModelArtifact, *, device: str = "cpu", batch_size: int = 256,
+                 precision: str = "fp32"):
         import torch
 
+        if precision not in PRECISIONS:
+            raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.artifact = artifact
         self.device = device
         self.batch_size = batch_size
+        self.precision = precision
         self.labels = artifact.labels
         self.max_len = artifact.max_len
         self.vocab = artifact.vocab
@@ -38,10 +45,29 @@ class Predictor:
         # zero changes results by < 1e-30.
         torch.set_flush_denormal(True)
         self.model = artifact.build_model(device=device)
+        if precision == "int8":
+            if not device.startswith("cpu"):
+                raise SparklstmError("precision int8 (dynamic quantization) runs on CPU only")
+            # Weights of nn.LSTM/GRU/Linear stored as int8, activations quantized per batch.
+            self.model = torch.ao.quantization.quantize_dynamic(
+                self.model, {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear}, dtype=torch.qint8
+            )
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 256):
-        return cls(load_artifact(model_dir), device=device, batch_size=batch_size)
+    def from_dir(cls, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 256,
+                 precision: str = "fp32"):
+        return cls(load_artifact(model_dir), device=device, batch_size=batch_size,
+                   precision=precision)
+
+    def _autocast(self):
+        """bf16 autocast for the forward pass (fp32 weights kept), or a no-op context."""
+        import contextlib
+
+        import torch
+
+        if self.precision != "bf16":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
 
     def encode(self, texts: Sequence[str | None]) -> list[np.ndarray | None]:
         """Token ids per text; None for a null text or one with no tokens (empty, whitespace)."""
@@ -65,7 +91,7 @@ class Predictor:
             return probs
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             for start in range(0, n, self.batch_size):
                 rows = order[start : start + self.batch_size]
                 x = torch.from_numpy(pad_ids(ids, lengths, rows)).to(self.device)  # (b, T)

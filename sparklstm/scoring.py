@@ -19,6 +19,7 @@ import pandas as pd
 from .artifact import model_from_files, read_model_files
 from .device import resolve_device, task_gpu_device
 from .errors import SparklstmError
+from .predictor import PRECISIONS
 
 RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
 
@@ -42,13 +43,14 @@ def _task_device(requested: str) -> str:
     return resolve_device(requested)
 
 
-def _predictor(files_bc, model_id: str, device: str, batch_size: int):
+def _predictor(files_bc, model_id: str, device: str, batch_size: int, precision: str):
     from .predictor import Predictor
 
-    key = (model_id, device)
+    key = (model_id, device, precision)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
-        predictor = Predictor(model_from_files(files_bc.value), device=device, batch_size=batch_size)
+        predictor = Predictor(model_from_files(files_bc.value), device=device, batch_size=batch_size,
+                              precision=precision)
         _PREDICTORS[key] = predictor
         LOAD_COUNT["n"] += 1
         if os.environ.get("SPARKLSTM_LOAD_LOG"):
@@ -95,13 +97,18 @@ def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd
 
 
 def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device: str = "auto",
-                 buffer_rows: int | None = None):
+                 precision: str = "fp32", buffer_rows: int | None = None):
     """A pandas UDF that classifies a string column.
 
     Returns a function of a column (name or Column) giving
     ``struct<label: string, probability: double, probabilities: array<double>>``, null where
     the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
     The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
+
+    ``precision``: ``fp32`` (default), ``bf16`` (autocast; faster on CPUs with AVX-512 BF16 /
+    AMX and on GPUs), ``int8`` (dynamic quantization, CPU). ``buffer_rows``: rows gathered across
+    Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
+    1024)``).
 
     Example
     -------
@@ -115,6 +122,8 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
         raise SparklstmError("batch_size must be >= 1")
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise SparklstmError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if precision not in PRECISIONS:
+        raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     files = read_model_files(model_dir)
     artifact = model_from_files(files, source=str(model_dir))  # fail on the driver, not in tasks
     model_id = artifact.model_id
@@ -124,7 +133,7 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     @pandas_udf(RESULT_TYPE)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         _set_threads()
-        predictor = _predictor(files_bc, model_id, _task_device(device), batch_size)
+        predictor = _predictor(files_bc, model_id, _task_device(device), batch_size, precision)
         for group in _rebatch(batches, buffer_rows):
             scored = _results(predictor, pd.concat(group, ignore_index=True))
             start = 0
@@ -145,7 +154,7 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
 
 def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: str = "text",
           pred_col: str = "prediction", batch_size: int = 256, device: str = "auto",
-          fmt: str | None = None, overwrite: bool = False) -> int:
+          precision: str = "fp32", fmt: str | None = None, overwrite: bool = False) -> int:
     """Score a table and write Parquet with every input column plus ``pred_col``; returns rows.
 
     Example
@@ -156,7 +165,8 @@ def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: 
 
     from .tables import first_line, read_table, require_columns
 
-    classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device)
+    classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device,
+                            precision=precision)
     df = read_table(spark, input_path, fmt=fmt)
     require_columns(df, {text_col: "text"}, source=str(input_path))
     if pred_col in df.columns:
