@@ -23,11 +23,10 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
     >>> evaluate_scored(spark, scored="scored/", label_col="label")["macro_f1"]   # doctest: +SKIP
     0.97
     """
-    from pyspark.errors import PySparkException
     from pyspark.sql import functions as F
     from pyspark.sql.types import StructType
 
-    from .tables import first_line, read_table, require_columns
+    from .tables import first_line, read_table, require_columns, spark_errors
 
     df = read_table(spark, scored, fmt=None)
     require_columns(df, {label_col: "label", pred_col: "prediction"}, source=str(scored))
@@ -39,7 +38,7 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
             df.select(F.col(label_col).cast("string").alias("y"), F.col(pred_col)["label"].alias("p"))
             .groupBy("y", "p").count().collect()
         )
-    except PySparkException as e:
+    except spark_errors() as e:
         raise SparklstmError(f"evaluate failed: {first_line(e)}") from None
     unscored = sum(r["count"] for r in cells if r["p"] is None)
     unlabelled = sum(r["count"] for r in cells if r["y"] is None and r["p"] is not None)

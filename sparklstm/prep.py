@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import PrepConfig, as_dict
 from .errors import SparklstmError
-from .tables import first_line, is_empty, read_table, require_columns
+from .tables import first_line, is_empty, read_table, require_columns, spark_errors
 from .text import Vocab, tokenize
 
 SPLITS = ("train", "val", "test")
@@ -53,7 +53,7 @@ def _encode_udf(vocab_bc, max_len: int):
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise SparklstmError(f"output {out} exists and is not empty (pass --overwrite to replace it)")
         if not (out / "prep.json").exists():
@@ -73,7 +73,6 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
     >>> summary["counts"]["train"]                                           # doctest: +SKIP
     {'ham': 960, 'spam': 640}
     """
-    from pyspark.errors import PySparkException
     from pyspark.sql import functions as F
     from pyspark.storagelevel import StorageLevel
 
@@ -95,20 +94,6 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
             F.col(cfg.text_col).alias("text"),
             F.col(cfg.label_col).cast("string").alias("label"),
         )
-        labels = sorted(
-            r["label"]
-            for r in rows.where(F.col("label").isNotNull()).select("label").distinct()
-            .limit(MAX_CLASSES + 1).collect()
-        )
-        if len(labels) > MAX_CLASSES:
-            raise SparklstmError(f"label column {cfg.label_col!r} has over {MAX_CLASSES} distinct values")
-        if len(labels) < 2:
-            only = f" ({labels[0]!r})" if labels else ""
-            raise SparklstmError(
-                f"label column {cfg.label_col!r} has {len(labels)} class{only}; need at least 2"
-            )
-        _prepare_output(out, overwrite)
-
         u = F.pmod(F.xxhash64(F.lit(cfg.split_seed), F.col("text")), F.lit(_BUCKETS)) / _BUCKETS
         split = (F.when(u < cfg.test_fraction, "test")
                  .when(u < cfg.test_fraction + cfg.val_fraction, "val").otherwise("train"))
@@ -119,10 +104,27 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
             .select("tokens", "label", split.alias("split"))
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
+        # The classes are the labels of the rows kept: a label seen only on dropped rows (null or
+        # token-less text) would be a class without a single example.
+        labels = sorted(
+            r["label"] for r in tokens.select("label").distinct().limit(MAX_CLASSES + 1).collect()
+        )
+        if len(labels) > MAX_CLASSES:
+            tokens.unpersist()
+            raise SparklstmError(f"label column {cfg.label_col!r} has over {MAX_CLASSES} distinct values")
+        if len(labels) < 2:
+            tokens.unpersist()
+            only = f" ({labels[0]!r})" if labels else ""
+            raise SparklstmError(
+                f"label column {cfg.label_col!r} has {len(labels)} class{only}; need at least 2"
+            )
+        _prepare_output(out, overwrite)
+
         # Distributed counts on the train split; only the kept vocabulary reaches the driver.
         top = (
             tokens.where(F.col("split") == "train")
-            .select(F.explode("tokens").alias("token"))
+            # Only tokens the model will see (the first max_len) compete for vocabulary slots.
+            .select(F.explode(F.slice("tokens", 1, cfg.max_len)).alias("token"))
             .groupBy("token").count()
             .where(F.col("count") >= cfg.min_freq)
             .orderBy(F.desc("count"), F.asc("token"))
@@ -147,7 +149,7 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
                      "label")
              .write.mode("errorifexists").parquet(str(out / name)))
         tokens.unpersist()
-    except PySparkException as e:
+    except spark_errors() as e:
         raise SparklstmError(f"prep failed: {first_line(e)}") from None
 
     counts = {s: {lab: 0 for lab in labels} for s in SPLITS}

@@ -161,9 +161,8 @@ def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: 
     -------
     >>> score(spark, input_path="mail/", model_dir="model/", out="scored/")   # doctest: +SKIP
     """
-    from pyspark.errors import PySparkException
 
-    from .tables import first_line, read_table, require_columns
+    from .tables import first_line, read_table, require_columns, spark_errors
 
     classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device,
                             precision=precision)
@@ -177,7 +176,7 @@ def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: 
         scored.write.mode("overwrite" if overwrite else "errorifexists").parquet(str(out))
         # Parquet footers hold row counts, so this reads no data.
         return spark.read.parquet(str(out)).count()
-    except PySparkException as e:
+    except spark_errors() as e:
         raise SparklstmError(f"scoring failed: {first_line(e)}") from None
 
 

@@ -42,8 +42,6 @@ def read_table(spark, path: str, *, fmt: str | None = None):
     -------
     >>> df = read_table(spark, "emails.jsonl.gz")   # doctest: +SKIP
     """
-    from pyspark.errors import PySparkException
-
     path = str(path)
     if _is_local(path):
         local = Path(path.removeprefix("file:"))
@@ -64,7 +62,7 @@ def read_table(spark, path: str, *, fmt: str | None = None):
     try:
         df = getattr(reader, fmt)(path)
         df.schema  # forces schema resolution so an unreadable input fails here, not mid-job
-    except PySparkException as e:
+    except spark_errors() as e:
         raise SparklstmError(f"cannot read {path} as {fmt}: {first_line(e)}") from None
     if fmt == "json" and df.columns == ["_corrupt_record"]:
         raise SparklstmError(f"cannot read {path} as JSON lines: no record parsed")
@@ -85,9 +83,20 @@ def require_columns(df, columns: dict[str, str], *, source: str) -> None:
             raise SparklstmError(f"text column {column!r} in {source} must be a string, not {kind}")
 
 
+def spark_errors() -> tuple:
+    """What a failed Spark call raises: PySpark's exceptions, and py4j's Py4JJavaError for the JVM
+    errors PySpark leaves unconverted (a plain SparkException: unreadable file, aborted job)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    return (PySparkException, Py4JJavaError)
+
+
 def first_line(error: Exception) -> str:
     """A one-line summary of a Spark/JVM error (their messages run to many lines)."""
-    text = str(error).strip()
+    java = getattr(error, "java_exception", None)  # py4j: str(error) is "An error occurred while calling o42.parquet."
+    text = str(java.getMessage() or java.toString()) if java is not None else str(error)
+    text = text.strip()
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith(("JVM stacktrace", "at ", "Traceback")):

@@ -1,0 +1,432 @@
+"""The scoring UDF and score()/evaluate_scored() on real local[2] Spark with the conftest model.
+
+Every Spark result is compared with the local Predictor (the code ``sparklstm predict`` runs) on
+the same texts: same labels, probabilities within 1e-6.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import make_corpus
+from sparklstm.errors import SparklstmError
+from sparklstm.predictor import Predictor
+from sparklstm.scoring import RESULT_TYPE, classify_udf, score
+
+EMPTYISH = [None, "", "   ", "\t\n", "___"]  # no tokens: null prediction
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return Predictor.from_dir(model_dir)
+
+
+@pytest.fixture(scope="module")
+def classify(spark, model_dir):
+    return classify_udf(spark, model_dir)
+
+
+def long_text(n_words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    words = [r["text"] for r in make_corpus(n_words // 20 + 1, seed=seed)]
+    return " ".join(" ".join(words).split()[:n_words]) + " " + rng.choice(["goal", "chip", "oven"])
+
+
+def mixed_texts() -> list[str | None]:
+    texts = [r["text"] for r in make_corpus(40, seed=21)]
+    texts += EMPTYISH
+    texts += [long_text(400, 1), long_text(900, 2)]  # far beyond max_len (64): truncated
+    texts += ["zzqx vvbn", "GOAL!!! Match, team...", "ﬁne café recipe"]  # unknown words, case, NFKC
+    random.Random(3).shuffle(texts)
+    return texts
+
+
+def assert_same(spark_result, local, tol=1e-6):
+    """A Spark prediction row (or None) equals a local Predictor result (or None)."""
+    if local is None:
+        assert spark_result is None
+        return
+    assert spark_result is not None
+    assert spark_result["label"] == local["label"]
+    assert spark_result["probability"] == pytest.approx(local["probability"], abs=tol)
+    np.testing.assert_allclose(spark_result["probabilities"], local["probabilities"], atol=tol, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# classify_udf
+
+
+def test_udf_equals_local_predictor(spark, classify, predictor):
+    from pyspark.sql.types import _parse_datatype_string
+
+    texts = mixed_texts()
+    rows = [(i, t, float(i) / 2, [i, i + 1], f"k{i}") for i, t in enumerate(texts)]
+    df = spark.createDataFrame(rows, "id int, text string, weight double, tags array<int>, key string")
+    scored = df.withColumn("pred", classify("text"))
+
+    assert scored.columns == ["id", "text", "weight", "tags", "key", "pred"]
+    assert scored.schema["pred"].dataType == _parse_datatype_string(RESULT_TYPE)
+    assert scored.schema["pred"].dataType.simpleString() == \
+        "struct<label:string,probability:double,probabilities:array<double>>"
+
+    got = sorted(scored.collect(), key=lambda r: r["id"])
+    assert len(got) == len(texts) == scored.count()
+    local = predictor.predict(texts)
+    labels = predictor.labels
+    for row, (i, text, weight, tags, key), expected in zip(got, rows, local):
+        assert (row["id"], row["text"], row["weight"], row["tags"], row["key"]) == (i, text, weight, tags, key)
+        assert_same(row["pred"], expected)
+        if expected is not None:
+            p = row["pred"]
+            assert p["probability"] == max(p["probabilities"])
+            assert labels[int(np.argmax(p["probabilities"]))] == p["label"]
+            assert sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-6)
+    # exactly the token-less texts are null
+    nulls = {row["text"] for row in got if row["pred"] is None}
+    assert nulls == set(EMPTYISH)
+    # the (separable) corpus texts are classified correctly by the trained model
+    truth = {r["text"]: r["label"] for r in make_corpus(40, seed=21)}
+    right = sum(row["pred"]["label"] == truth[row["text"]] for row in got if row["text"] in truth)
+    assert right >= 36
+
+
+def test_udf_runs_once_per_row_in_the_plan(spark, classify):
+    """The null-struct wrapper references the UDF result twice; Spark must still evaluate it once."""
+    df = spark.createDataFrame([(1, "goal")], "id int, text string").withColumn("p", classify("text"))
+    plan = df._jdf.queryExecution().executedPlan().toString()
+    assert plan.count("ArrowEvalPython") == 1
+    assert plan.count("classify(") == 1
+
+
+def predict_alone(predictor, texts):
+    """Each text predicted on its own (one thread: 150 tiny forward passes on a busy machine)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [predictor.predict([t])[0] for t in texts]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_order_kept_across_small_arrow_batches(spark, model_dir, predictor):
+    """Arrow batches of 7 rows, UDF buffers spanning batches and model batches of 5 sorted by
+    length: every row must still get its own prediction."""
+    rng = random.Random(5)
+    texts = [r["text"] for r in make_corpus(150, seed=8, min_len=0, max_len=70)]
+    for k in range(0, 150, 17):
+        texts[k] = rng.choice(EMPTYISH)
+    rng.shuffle(texts)
+    pdf = pd.DataFrame({"id": range(len(texts)), "text": texts})
+    alone = predict_alone(predictor, texts)
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "7")
+    try:
+        for options in ({"batch_size": 5, "buffer_rows": 20}, {"batch_size": 3, "buffer_rows": 1},
+                        {}):
+            classify = classify_udf(spark, model_dir, **options)
+            df = spark.createDataFrame(pdf)
+            assert df.rdd.getNumPartitions() == 2
+            got = {r["id"]: r["pred"] for r in df.withColumn("pred", classify("text")).collect()}
+            assert len(got) == len(texts)
+            for i, expected in enumerate(alone):
+                assert_same(got[i], expected)
+    finally:
+        spark.conf.set(key, before)
+    assert spark.conf.get(key) == before
+
+
+def test_udf_in_sql(spark, classify, predictor):
+    texts = ["goal match team league", None, "   ", "recipe oven dinner", "software chip cloud"]
+    df = spark.createDataFrame(list(enumerate(texts)), "id int, text string")
+    df.createOrReplaceTempView("sparklstm_sql_input")
+    spark.udf.register("classify", classify.udf)
+    try:
+        sql = spark.sql(
+            "SELECT id, classify(text) AS p, classify(text).label AS label "
+            "FROM sparklstm_sql_input ORDER BY id"
+        ).collect()
+    finally:
+        spark.catalog.dropTempView("sparklstm_sql_input")
+    wrapped = {r["id"]: r["p"] for r in df.withColumn("p", classify("text")).collect()}
+    local = predictor.predict(texts)
+    for row, text, expected in zip(sql, texts, local):
+        if expected is None:
+            # the raw pandas UDF can only return a struct of nulls ...
+            assert row["p"] is not None
+            assert row["p"].asDict() == {"label": None, "probability": None, "probabilities": None}
+            assert row["label"] is None
+            # ... the column function turns it into a null struct
+            assert wrapped[row["id"]] is None
+        else:
+            assert_same(row["p"], expected)
+            assert row["label"] == expected["label"]
+            assert_same(wrapped[row["id"]], expected)
+    assert [r["label"] for r in sql if r["label"]] == ["sports", "food", "tech"]
+
+
+def test_udf_attributes(classify, predictor, model_dir):
+    assert classify.labels == predictor.labels == ["food", "sports", "tech"]
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    assert classify.model_id == config["sha256"]["model.safetensors"]
+
+
+def tampered_copy(model_dir: Path, dest: Path, name: str, how: str) -> Path:
+    shutil.copytree(model_dir, dest)
+    data = bytearray((dest / name).read_bytes())
+    if how == "flip":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) // 2]
+    (dest / name).write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize("name,how", [("model.safetensors", "flip"), ("model.safetensors", "truncate"),
+                                      ("vocab.json", "flip")])
+def test_classify_udf_refuses_a_tampered_model(spark, model_dir, tmp_path, name, how):
+    bad = tampered_copy(model_dir, tmp_path / "m", name, how)
+    with pytest.raises(SparklstmError) as info:
+        classify_udf(spark, bad)
+    assert str(info.value) == f"{bad}: {name} does not match the sha256 in config.json (altered or truncated)"
+
+
+def test_classify_udf_refuses_a_directory_that_is_not_a_model(spark, tmp_path, prepped_dir):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SparklstmError, match="is not a sparklstm model directory .missing config.json"):
+        classify_udf(spark, tmp_path)
+    with pytest.raises(SparklstmError, match="is not a sparklstm model directory"):
+        classify_udf(spark, prepped_dir)  # has a vocab.json, but is a prepped/ dir
+    with pytest.raises(SparklstmError, match="model directory not found"):
+        classify_udf(spark, tmp_path / "nope")
+
+
+def test_classify_udf_refuses_bad_options(spark, model_dir):
+    with pytest.raises(SparklstmError, match="batch_size"):
+        classify_udf(spark, model_dir, batch_size=0)
+    with pytest.raises(SparklstmError, match="device must be"):
+        classify_udf(spark, model_dir, device="tpu")
+
+
+# --------------------------------------------------------------------------------------------
+# score() and evaluate_scored()
+
+
+def score_input() -> list[dict]:
+    """200 labelled texts, every 10th label deliberately wrong (so metrics are not all 1.0), plus
+    rows without a usable text and one row without a label."""
+    rows = make_corpus(200, seed=31)
+    other = {"sports": "tech", "tech": "food", "food": "sports"}
+    for i in range(0, 200, 10):
+        rows[i]["label"] = other[rows[i]["label"]]
+    rows += [{"text": t, "label": "tech"} for t in EMPTYISH]
+    rows += [{"text": "goal match team", "label": None}]
+    return [{"id": i, **r, "source": f"s{i % 4}"} for i, r in enumerate(rows)]
+
+
+INPUT_SCHEMA = pa.schema([("id", pa.int64()), ("text", pa.string()), ("label", pa.string()),
+                          ("source", pa.string())])
+
+
+@pytest.fixture(scope="module")
+def scored(spark, model_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("score")
+    rows = score_input()
+    src = base / "input.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA), str(src))
+    out = base / "scored"
+    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(out))
+    return src, out, rows, n
+
+
+def test_score_writes_all_columns_and_predictions(spark, scored, predictor):
+    src, out, rows, n = scored
+    assert n == len(rows) == 206
+    df = spark.read.parquet(str(out))
+    assert df.columns == ["id", "text", "label", "source", "prediction"]
+    assert df.schema["prediction"].dataType.simpleString() == \
+        "struct<label:string,probability:double,probabilities:array<double>>"
+    got = sorted(df.collect(), key=lambda r: r["id"])
+    assert [r["id"] for r in got] == [r["id"] for r in rows]
+    local = predictor.predict([r["text"] for r in rows])
+    for row, given, expected in zip(got, rows, local):
+        assert {k: row[k] for k in ("id", "text", "label", "source")} == given
+        assert_same(row["prediction"], expected)
+
+
+def test_score_refuses_existing_output_and_overwrites_on_request(spark, scored, model_dir):
+    src, out, rows, _ = scored
+    with pytest.raises(SparklstmError) as info:
+        score(spark, input_path=str(src), model_dir=model_dir, out=str(out))
+    assert str(info.value) == f"output {out} exists (pass --overwrite to replace it)"
+    again = out.parent / "scored_again"
+    again.mkdir()
+    (again / "junk.txt").write_text("x")
+    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(again), overwrite=True,
+              pred_col="p", batch_size=16)
+    assert n == len(rows)
+    assert not (again / "junk.txt").exists()
+    assert spark.read.parquet(str(again)).columns == ["id", "text", "label", "source", "p"]
+    a = {r["id"]: r["prediction"] for r in spark.read.parquet(str(out)).collect()}
+    b = {r["id"]: r["p"] for r in spark.read.parquet(str(again)).collect()}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert_same(b[k], None if a[k] is None else a[k].asDict())
+
+
+def test_score_refuses_an_existing_prediction_column(spark, scored, model_dir, tmp_path):
+    src = scored[0]
+    for pred_col in ("label", "source"):
+        with pytest.raises(SparklstmError, match=f"already has a column named '{pred_col}'"):
+            score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"), pred_col=pred_col)
+    assert not (tmp_path / "o").exists()
+
+
+def jobs_run(spark, fn) -> int:
+    """How many Spark jobs ``fn`` starts (it may raise SparklstmError)."""
+    sc = spark.sparkContext
+    group = f"sparklstm-test-{random.random()}"
+    sc.setJobGroup(group, "counting jobs")
+    try:
+        try:
+            fn()
+        except SparklstmError:
+            pass
+    finally:
+        sc.setLocalProperty("spark.jobGroup.id", None)
+    return len(sc.statusTracker().getJobIdsForGroup(group))
+
+
+@pytest.mark.parametrize("case", ["missing", "integer"])
+def test_score_bad_text_column_fails_before_any_job(spark, model_dir, tmp_path, case):
+    from sparklstm.tables import read_table
+
+    src = tmp_path / "in.parquet"
+    if case == "missing":
+        table = pa.table({"body": ["goal match"], "label": ["sports"]})
+        expected = f"text column 'text' not found in {src} (columns: body, label)"
+    else:
+        table = pa.table({"text": pa.array([1, 2], pa.int32()), "label": ["a", "b"]})
+        expected = f"text column 'text' in {src} must be a string, not int"
+    pq.write_table(table, str(src))
+    with pytest.raises(SparklstmError) as info:
+        score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"))
+    assert str(info.value) == expected
+    assert not (tmp_path / "o").exists()
+    # score() starts no job beyond the one reading the Parquet schema
+    reading = jobs_run(spark, lambda: read_table(spark, str(src)))
+    scoring = jobs_run(spark, lambda: score(spark, input_path=str(src), model_dir=model_dir,
+                                            out=str(tmp_path / "o")))
+    assert scoring == reading
+
+
+def test_score_checks_the_model_before_reading_input(spark, model_dir, tmp_path):
+    bad = tampered_copy(model_dir, tmp_path / "m", "model.safetensors", "flip")
+    with pytest.raises(SparklstmError, match="does not match the sha256"):
+        score(spark, input_path=str(tmp_path / "does-not-exist.parquet"), model_dir=bad,
+              out=str(tmp_path / "o"))
+    with pytest.raises(SparklstmError, match="input not found"):
+        score(spark, input_path=str(tmp_path / "does-not-exist.parquet"), model_dir=model_dir,
+              out=str(tmp_path / "o"))
+
+
+def recompute(pdf: pd.DataFrame) -> dict:
+    """Accuracy and macro-F1 by hand (no sklearn) from a pandas copy of the scored table."""
+    pdf = pdf[pdf["pred"].notna() & pdf["label"].notna()]
+    y, p = pdf["label"].tolist(), pdf["pred"].tolist()
+    accuracy = sum(a == b for a, b in zip(y, p)) / len(y)
+    f1s = []
+    for c in sorted(set(y)):
+        tp = sum(a == c and b == c for a, b in zip(y, p))
+        predicted = sum(b == c for b in p)
+        support = sum(a == c for a in y)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support
+        f1s.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return {"accuracy": accuracy, "macro_f1": sum(f1s) / len(f1s), "n": len(y)}
+
+
+def test_evaluate_scored_equals_recomputation(spark, scored, tmp_path):
+    from sparklstm.evaluate import evaluate_scored
+
+    _, out, rows, _ = scored
+    report_path = tmp_path / "eval.json"
+    result = evaluate_scored(spark, scored=str(out), out=report_path)
+    pdf = spark.read.parquet(str(out)).selectExpr("label", "prediction.label AS pred").toPandas()
+    expected = recompute(pdf)
+    assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
+    assert result["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-12)
+    assert result["n"] == expected["n"] == 200
+    # 20 labels were flipped on purpose: the model (which is right on clean texts) can't beat 0.9
+    assert 0.8 <= result["accuracy"] <= 0.9
+    cm = np.array(result["confusion_matrix"])
+    assert cm.sum() == 200 and cm.shape == (3, 3)
+    assert result["labels"] == ["food", "sports", "tech"]
+    assert result["unscored"] == len(EMPTYISH)
+    assert result["unlabelled"] == 1
+    for k, label in enumerate(result["labels"]):
+        assert cm[k].sum() == result["per_class"][label]["support"] == \
+            int(((pdf["label"] == label) & pdf["pred"].notna()).sum())
+        assert cm[:, k].sum() == int(((pdf["pred"] == label) & pdf["label"].notna()).sum())
+    assert json.loads(report_path.read_text()) == json.loads(json.dumps(result))
+
+
+def test_evaluate_scored_missing_label_column(spark, scored):
+    from sparklstm.evaluate import evaluate_scored
+
+    out = scored[1]
+    with pytest.raises(SparklstmError, match="label column 'category' not found"):
+        evaluate_scored(spark, scored=str(out), label_col="category")
+    with pytest.raises(SparklstmError, match="is not a sparklstm prediction struct"):
+        evaluate_scored(spark, scored=str(out), pred_col="text")
+
+
+# --------------------------------------------------------------------------------------------
+# device choice (CPU machine)
+
+
+def test_task_gpu_device_mapping(monkeypatch):
+    from sparklstm.device import task_gpu_device
+
+    assert task_gpu_device(["3"], visible="2,3") == "cuda:1"
+    assert task_gpu_device(["2"], visible=" 2 , 3 ") == "cuda:0"
+    assert task_gpu_device(["3"], visible="") == "cuda:3"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert task_gpu_device(["3"]) == "cuda:3"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,3")
+    assert task_gpu_device(["3"]) == "cuda:1"
+
+
+def test_task_device_inside_a_spark_task_is_cpu(spark):
+    from sparklstm.scoring import _task_device
+
+    def probe(batches):
+        from pyspark import TaskContext
+
+        from sparklstm.scoring import _task_device
+
+        for _ in batches:
+            ctx = TaskContext.get()
+            yield pd.DataFrame({
+                "partition": [ctx.partitionId()],
+                "gpus": [len(ctx.resources().get("gpu").addresses) if "gpu" in ctx.resources() else 0],
+                "auto": [_task_device("auto")],
+                "cpu": [_task_device("cpu")],
+            })
+
+    rows = spark.range(4, numPartitions=2).mapInPandas(
+        probe, "partition int, gpus int, auto string, cpu string").collect()
+    assert sorted(r["partition"] for r in rows) == [0, 1]
+    assert all((r["gpus"], r["auto"], r["cpu"]) == (0, "cpu", "cpu") for r in rows)
+    assert _task_device("auto") == "cpu"  # on the driver: no task, no GPU resource
