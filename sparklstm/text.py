@@ -20,9 +20,33 @@ from .errors import SparklstmError
 PAD, UNK = 0, 1
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
+
+
+def _marks() -> str:
+    """Regex class body of the combining marks (Unicode category M*), as code point ranges.
+
+    Marks live in planes 0, 1 and 14 only; scanning just those keeps the import cheap (~30 ms).
+    """
+    parts = []
+    for plane in (0, 1, 14):
+        start, end = None, (plane + 1) << 16
+        for c in range(plane << 16, end + 1):
+            is_mark = c < end and unicodedata.category(chr(c))[0] == "M"
+            if is_mark and start is None:
+                start = c
+            elif not is_mark and start is not None:
+                last = chr(c - 1)
+                parts.append(re.escape(chr(start)) + (f"-{re.escape(last)}" if c - 1 > start else ""))
+                start = None
+    return "".join(parts)
+
+
 # A word (letters, with an inner apostrophe: "don't"), a run of digits, or one symbol.
 # Symbols are kept on purpose: "$", "!" and "%" carry signal in spam, reviews and tickets.
-_TOKEN = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)*|\d+|[^\w\s]")
+# Combining marks (Devanagari vowel signs, Arabic harakat, the dot of a lowercased "İ") are not
+# \w in Python's re but belong to the word they follow; without them "नमस्ते" splits in pieces.
+_WORD = rf"[^\W\d_]+(?:[{_marks()}]+[^\W\d_]*)*"
+_TOKEN = re.compile(rf"{_WORD}(?:['’]{_WORD})*|\d+|[^\w\s]")
 
 
 def tokenize(text: str, *, lowercase: bool = True) -> list[str]:
@@ -78,8 +102,13 @@ class Vocab:
             tokens, lowercase = obj["tokens"], obj["lowercase"]
         except (ValueError, KeyError, TypeError):
             raise SparklstmError("vocab.json is not a sparklstm vocabulary") from None
+        if (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)
+                or not isinstance(lowercase, bool)):
+            raise SparklstmError("vocab.json is not a sparklstm vocabulary")
         if tokens[:2] != [PAD_TOKEN, UNK_TOKEN]:
             raise SparklstmError("vocab.json must start with <pad>, <unk>")
+        if len(set(tokens)) != len(tokens):  # id = position; __init__ would drop a repeated <pad>
+            raise SparklstmError("vocab.json has duplicate tokens")
         return cls(tokens[2:], lowercase=lowercase)
 
     def save(self, path: str | Path) -> None:

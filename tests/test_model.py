@@ -10,6 +10,15 @@ from torch import nn
 from sparklstm.model import CELLS, LSTMClassifier, PeepholeLSTM
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tensors here are tiny: one intra-op thread avoids OpenMP spin-waits on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _random_peephole(input_size: int, hidden_size: int, *, seed: int, scale: float = 0.5):
     """A float64 PeepholeLSTM with every weight (peepholes included) random and non-zero."""
     gen = torch.Generator().manual_seed(seed)
