@@ -124,6 +124,7 @@ def train(
     dropout: Annotated[Optional[float], typer.Option()] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
     flush_denormal: Annotated[Optional[bool], typer.Option("--flush-denormal/--no-flush-denormal")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (autocast).")] = None,
     config: ConfigPath = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     overwrite: Overwrite = False,
@@ -137,7 +138,8 @@ def train(
             "model": dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size,
                           num_layers=num_layers, dropout=dropout),
             "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
-                          device=device, num_threads=threads, flush_denormal=flush_denormal),
+                          device=device, num_threads=threads, flush_denormal=flush_denormal,
+                          precision=precision),
         })
         if (out / "config.json").exists() and not overwrite:
             raise SparklstmError(f"{out} already holds a model (pass --overwrite to replace it)")
