@@ -41,7 +41,7 @@ WORDS = ["".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(5
 SIGNAL = {0: ["refund", "invoice", "payment", "overdue"], 1: ["match", "goal", "league", "coach"]}
 
 
-def make_texts(n: int, seed: int, *, mean_tokens: float = 150, max_tokens: int = 400):
+def make_texts(n: int, seed: int, *, mean_tokens: float = 160, max_tokens: int = 400):
     """Log-normal lengths with the given mean (sigma 0.6); Zipf-ish filler plus class words."""
     rng = np.random.default_rng(seed)
     sigma = 0.6
@@ -94,22 +94,27 @@ def build_model(spark, workdir: Path) -> Path:
     return workdir / "model"
 
 
+def forward_padded(p: Predictor, texts) -> np.ndarray:
+    """P(last class) of texts encoded and padded to max_len, fp32: what users write today."""
+    import torch
+
+    ids = np.zeros((len(texts), p.max_len), dtype=np.int64)  # (N, max_len) whatever the lengths
+    for i, t in enumerate(texts):
+        e = p.vocab.encode(t, max_len=p.max_len)
+        ids[i, : len(e)] = e
+    lengths = torch.from_numpy(np.maximum((ids > 0).sum(1), 1))
+    with torch.inference_mode():
+        probs = p.model.probabilities(p.model(torch.from_numpy(ids), lengths))
+    return probs[:, -1].numpy().astype(np.float64)
+
+
 def naive_udf(model_dir: str):
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("double")
     def naive(texts: pd.Series) -> pd.Series:
-        import torch
-
         p = Predictor.from_dir(model_dir)  # loaded for every Arrow batch
-        ids = np.zeros((len(texts), p.max_len), dtype=np.int64)
-        for i, t in enumerate(texts):
-            e = p.vocab.encode(t, max_len=p.max_len)
-            ids[i, : len(e)] = e
-        lengths = torch.from_numpy(np.maximum((ids > 0).sum(1), 1))
-        with torch.inference_mode():
-            probs = p.model.probabilities(p.model(torch.from_numpy(ids), lengths))
-        return pd.Series(probs[:, -1].numpy().astype(np.float64))
+        return pd.Series(forward_padded(p, texts))
 
     return naive
 
@@ -119,19 +124,10 @@ def predict_batch(model_dir: str, batch_size: int):
     from pyspark.sql.types import DoubleType
 
     def make_predict_fn():
-        import torch
-
         p = Predictor.from_dir(model_dir)  # once per Python worker (predict_batch_udf caches)
 
         def predict(texts: np.ndarray) -> np.ndarray:
-            ids = np.zeros((len(texts), p.max_len), dtype=np.int64)  # pad every batch to max_len
-            for i, t in enumerate(texts):
-                e = p.vocab.encode(t, max_len=p.max_len)
-                ids[i, : len(e)] = e
-            lengths = torch.from_numpy(np.maximum((ids > 0).sum(1), 1))
-            with torch.inference_mode():
-                probs = p.model.probabilities(p.model(torch.from_numpy(ids), lengths))
-            return probs[:, -1].numpy().astype(np.float64)
+            return forward_padded(p, texts)
 
         return predict
 
