@@ -1,0 +1,57 @@
+"""Training end to end on prepped/ made by Spark: accuracy, metrics.json, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import FAST_TRAIN, SMALL_MODEL
+from sparklstm.config import TrainConfig
+from sparklstm.errors import SparklstmError
+from sparklstm.train import train
+
+
+def test_separable_corpus_reaches_over_90_percent(model_dir):
+    """The fixture model (3 classes, keyword-separable texts) scores > 0.9 on val and test."""
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["val"]["accuracy"] > 0.9
+    assert metrics["test"]["accuracy"] > 0.9
+    assert set(metrics["test"]["per_class"]) == {"food", "sports", "tech"}
+    assert metrics["best_epoch"] >= 1 and len(metrics["history"]) >= metrics["best_epoch"]
+    assert metrics["train_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_same_seed_same_weights(prepped_dir, tmp_path, precision):
+    """Two runs with one seed give identical weights and metrics; another seed does not."""
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=5e-3, seed=7, precision=precision)
+    runs = []
+    for n, seed in enumerate((7, 7, 8)):
+        out = tmp_path / f"m{n}"
+        m = train(prepped=prepped_dir, out=out, model_config=SMALL_MODEL, progress=False,
+                  train_config=TrainConfig(**{**cfg.__dict__, "seed": seed}), log=lambda s: None)
+        runs.append((load_file(out / "model.safetensors"), m))
+    (w0, m0), (w1, m1), (w2, _) = runs
+    assert all((w0[k] == w1[k]).all() for k in w0)
+    assert m0["val"] == m1["val"] and m0["history"][0]["train_loss"] == m1["history"][0]["train_loss"]
+    assert any((w0[k] != w2[k]).any() for k in w0)
+
+
+def test_early_stopping_keeps_the_best_epoch(prepped_dir, tmp_path):
+    """With patience 1 training stops after the first epoch without improvement, and the saved
+    model is the best epoch's (its val macro-F1 is the history's maximum)."""
+    m = train(prepped=prepped_dir, out=tmp_path / "m", model_config=SMALL_MODEL, progress=False,
+              train_config=TrainConfig(**{**FAST_TRAIN.__dict__, "epochs": 8, "patience": 1}),
+              log=lambda s: None)
+    f1s = [h["val_macro_f1"] for h in m["history"]]
+    assert m["val"]["macro_f1"] == pytest.approx(max(f1s))
+    assert m["history"][m["best_epoch"] - 1]["val_macro_f1"] == max(f1s)
+    if len(f1s) < 8:  # stopped early: the last epoch did not improve
+        assert f1s[-1] <= max(f1s[:-1])
+
+
+def test_not_a_prepped_directory(tmp_path):
+    with pytest.raises(SparklstmError, match="not a prepped/ directory"):
+        train(prepped=tmp_path, out=tmp_path / "m", progress=False)
