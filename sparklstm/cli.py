@@ -189,15 +189,17 @@ def evaluate(
     label_col: Annotated[str, typer.Option(help="True label column.")] = "label",
     pred_col: Annotated[str, typer.Option(help="Prediction column.")] = "prediction",
     out: Annotated[Optional[Path], typer.Option(help="JSON report path (default SCORED.evaluation.json).")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="The model that scored it: its labels are the classes, and a true label it does not know is an error.")] = None,
     master: Master = None,
 ):
-    """Accuracy, macro-F1, per-class scores and confusion matrix, computed by Spark."""
+    """Accuracy, macro-F1, per-class scores and confusion matrix, computed by Spark; JSON report
+    and PNGs (confusion matrix, per-class F1) beside it."""
     from .evaluate import evaluate_scored
 
     with guarded():
         out = out or Path(str(scored).rstrip("/") + ".evaluation.json")
         result = evaluate_scored(_spark(master), scored=scored, label_col=label_col,
-                                 pred_col=pred_col, out=out)
+                                 pred_col=pred_col, out=out, model_dir=model)
         out_console.print(_metrics_table("evaluation", result))
         cm = Table(title="confusion matrix (rows: true, columns: predicted)")
         cm.add_column("")
@@ -209,6 +211,8 @@ def evaluate(
         if result["unscored"]:
             out_console.print(f"{result['unscored']} rows had no prediction (null or empty text)")
         out_console.print(f"report written to {out}")
+        for path in result.get("plots", {}).values():
+            out_console.print(f"plot written to {path}")
 
 
 @app.command()
@@ -281,6 +285,64 @@ def demo(
         out_console.print(_metrics_table("held-out test split", metrics["test"]))
         out_console.print(f"training: {metrics['train_seconds']:.0f} s, {metrics['train_tokens_per_s']:.0f} "
                           f"tokens/s; try: sparklstm predict --model {workdir / 'model'} \"win a free prize\"")
+
+
+@app.command()
+def explain(
+    text: Annotated[str, typer.Argument(help="The text to explain.")],
+    model: Annotated[Path, typer.Option(help="Model directory.")] = Path("model"),
+    method: Annotated[str, typer.Option(help="ig (integrated gradients) | occlusion.")] = "ig",
+    steps: Annotated[int, typer.Option(help="Integration steps (Gauss-Legendre nodes) for ig.")] = 50,
+    top: Annotated[int, typer.Option(help="How many top tokens to list.")] = 10,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write a standalone HTML page here.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "cpu",
+):
+    """Per-token attributions for the predicted class, as coloured text (green: toward it)."""
+    from .device import resolve_device
+    from .explain import METHODS, explain as run_explain
+    from .explain_view import summary, to_html, to_rich
+    from .predictor import Predictor
+
+    with guarded():
+        if method not in METHODS:
+            raise SparklstmError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        if steps < 1 or top < 1:
+            raise SparklstmError("--steps and --top must be >= 1")
+        predictor = Predictor.from_dir(model, device=resolve_device(device))
+        expl = run_explain(predictor, text, method=method, steps=steps)
+        if expl is None:
+            raise SparklstmError("the text has no tokens to explain")
+        out_console.print(summary(expl))
+        out_console.print(to_rich(expl))
+        if expl.truncated:
+            out_console.print(f"[dim]only the first {len(expl.tokens)} tokens reach the model; "
+                              f"{expl.truncated} more (dim) have no attribution[/]")
+        table = Table("token", "attribution", title=f"top {top} toward {expl.label!r}")
+        for token, value in expl.top(top):
+            table.add_row(token, f"{value:+.4f}")
+        out_console.print(table)
+        if html is not None:
+            html.write_text(to_html(expl, top=top), encoding="utf-8")
+            out_console.print(f"HTML written to {html}")
+
+
+@app.command()
+def info(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+):
+    """A model's config, labels, vocabulary size, parameter count, metrics and file integrity."""
+    from .info import model_info, problems, to_rich
+
+    with guarded():
+        details = model_info(model_dir)
+        if as_json:
+            typer.echo(json.dumps(details, indent=2, ensure_ascii=False))
+        else:
+            out_console.print(to_rich(details))
+        problem = problems(details)
+        if problem:
+            raise SparklstmError(problem)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,15 @@ from .metrics import report
 
 
 def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: str = "prediction",
-                    out: str | Path | None = None) -> dict:
+                    out: str | Path | None = None, model_dir: str | Path | None = None,
+                    plots: bool = True) -> dict:
     """Accuracy, macro-F1, per-class scores and confusion matrix of a scored table.
 
     Rows whose prediction is null (null or empty text) are counted as ``unscored`` and left out
-    of the metrics.
+    of the metrics. With ``model_dir``, the classes are the model's labels (in its order), and a
+    true label the model does not know is an error. With ``out``, the JSON report is written
+    there and (``plots``) two PNGs beside it: ``<stem>.confusion.png`` (normalised per true
+    class) and ``<stem>.f1.png``.
 
     Example
     -------
@@ -46,6 +50,8 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
     if not cells:
         raise SparklstmError(f"{scored} has no rows with both a label and a prediction")
     labels = sorted({r["y"] for r in cells} | {r["p"] for r in cells})
+    if model_dir is not None:
+        labels = _known_labels(model_dir, cells)
     index = {label: k for k, label in enumerate(labels)}
     cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
     for r in cells:
@@ -53,5 +59,40 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
     result = report(cm, labels)
     result.update({"unscored": unscored, "unlabelled": unlabelled, "scored": str(scored)})
     if out is not None:
+        if plots:
+            result["plots"] = _write_plots(result, Path(out))
         Path(out).write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result
+
+
+def _known_labels(model_dir: str | Path, cells: list) -> list[str]:
+    """The model's labels; a true or predicted label outside them is an error."""
+    from .artifact import CONFIG, FORMAT
+
+    path = Path(model_dir) / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SparklstmError(f"{model_dir} is not a sparklstm model directory (no {CONFIG})") from None
+    except ValueError:
+        raise SparklstmError(f"{path} is not valid JSON") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise SparklstmError(f"{path} is not a sparklstm model config")
+    labels = [str(label) for label in config["labels"]]
+    for side, name in (("y", "true labels"), ("p", "predicted labels")):
+        unknown = sorted({r[side] for r in cells} - set(labels))
+        if unknown:
+            shown = ", ".join(repr(u) for u in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise SparklstmError(f"{len(unknown)} {name} are not labels of the model in {model_dir}: "
+                                 f"{shown} (the model knows {', '.join(map(repr, labels))})")
+    return labels
+
+
+def _write_plots(result: dict, out: Path) -> dict:
+    from .plots import confusion_matrix, f1_bars
+
+    stem = out.with_suffix("") if out.suffix == ".json" else out
+    paths = {"confusion": Path(f"{stem}.confusion.png"), "f1": Path(f"{stem}.f1.png")}
+    confusion_matrix(result["confusion_matrix"], result["labels"], out=paths["confusion"])
+    f1_bars(result["per_class"], macro_f1=result["macro_f1"], out=paths["f1"])
+    return {k: str(v) for k, v in paths.items()}

@@ -72,14 +72,23 @@ def _set_threads() -> None:
         torch.set_num_threads(max(1, cpus))
 
 
-def _results(predictor, texts: pd.Series) -> pd.DataFrame:
+def _results(predictor, texts: pd.Series, explain: int = 0, explain_method: str = "ig") -> pd.DataFrame:
     valid, label_idx, probs = predictor.predict_arrays(texts.tolist())
     labels = predictor.labels
-    return pd.DataFrame({
+    columns = {
         "label": [labels[k] if ok else None for ok, k in zip(valid, label_idx)],
         "probability": [float(p[k]) if ok else None for ok, k, p in zip(valid, label_idx, probs)],
         "probabilities": [p.tolist() if ok else None for ok, p in zip(valid, probs)],
-    })
+    }
+    if explain:
+        from .explain import explain_batch
+
+        top = explain_batch(predictor, texts.tolist(), k=explain, method=explain_method)
+        columns["explanation"] = [
+            None if t is None else [{"token": tok, "attribution": float(a)} for tok, a in t]
+            for t in top
+        ]
+    return pd.DataFrame(columns)
 
 
 def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd.Series]]:
@@ -97,7 +106,8 @@ def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd
 
 
 def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device: str = "auto",
-                 precision: str = "fp32", buffer_rows: int | None = None):
+                 precision: str = "fp32", buffer_rows: int | None = None, explain: int = 0,
+                 explain_method: str = "ig"):
     """A pandas UDF that classifies a string column.
 
     Returns a function of a column (name or Column) giving
@@ -108,7 +118,9 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     ``precision``: ``fp32`` (default), ``bf16`` (autocast; faster on CPUs with AVX-512 BF16 /
     AMX and on GPUs), ``int8`` (dynamic quantization, CPU). ``buffer_rows``: rows gathered across
     Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
-    1024)``).
+    1024)``). ``explain=k`` adds ``explanation: array<struct<token, attribution>>``, the top-k
+    tokens for the predicted class (integrated gradients, or ``explain_method="occlusion"``);
+    it costs hundreds of times a prediction (README, "Explain at scale").
 
     Example
     -------
@@ -124,18 +136,23 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
         raise SparklstmError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if precision not in PRECISIONS:
         raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if explain < 0 or explain_method not in ("ig", "occlusion"):
+        raise SparklstmError("explain must be >= 0 and explain_method ig or occlusion")
     files = read_model_files(model_dir)
     artifact = model_from_files(files, source=str(model_dir))  # fail on the driver, not in tasks
     model_id = artifact.model_id
     files_bc = spark.sparkContext.broadcast(files)
     buffer_rows = buffer_rows or max(4 * batch_size, 1024)
 
-    @pandas_udf(RESULT_TYPE)
+    result_type = RESULT_TYPE if not explain else (
+        RESULT_TYPE[:-1] + ", explanation: array<struct<token: string, attribution: double>>>")
+
+    @pandas_udf(result_type)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         _set_threads()
         predictor = _predictor(files_bc, model_id, _task_device(device), batch_size, precision)
         for group in _rebatch(batches, buffer_rows):
-            scored = _results(predictor, pd.concat(group, ignore_index=True))
+            scored = _results(predictor, pd.concat(group, ignore_index=True), explain, explain_method)
             start = 0
             for batch in group:  # one output per input batch, same rows, same order
                 yield scored.iloc[start : start + len(batch)].reset_index(drop=True)

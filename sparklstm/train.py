@@ -24,6 +24,9 @@ from .metrics import confusion_matrix, report
 from .prep import load_prepped
 
 
+CURVES_PNG = "training_curves.png"  # written into the model directory
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
@@ -157,6 +160,9 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     }
     save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
+    from .plots import training_curves
+
+    training_curves(history, out=Path(out) / CURVES_PNG)  # loss and val macro-F1 per epoch
     return metrics
 
 

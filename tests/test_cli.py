@@ -21,7 +21,7 @@ from conftest import make_corpus
 from sparklstm.cli import app
 from sparklstm.predictor import Predictor
 
-COMMANDS = {"prep", "train", "score", "evaluate", "predict", "demo"}
+COMMANDS = {"prep", "train", "score", "evaluate", "predict", "demo", "explain", "info"}
 TINY = ["--embed-dim", "16", "--hidden-size", "16", "--num-layers", "1", "--epochs", "2",
         "--batch-size", "16", "--lr", "0.01", "--no-progress"]
 

@@ -430,3 +430,23 @@ def test_task_device_inside_a_spark_task_is_cpu(spark):
     assert sorted(r["partition"] for r in rows) == [0, 1]
     assert all((r["gpus"], r["auto"], r["cpu"]) == (0, "cpu", "cpu") for r in rows)
     assert _task_device("auto") == "cpu"  # on the driver: no task, no GPU resource
+
+
+def test_udf_explain_adds_top_k_tokens(spark, model_dir):
+    """explain=k adds the top-k (token, attribution) pairs, equal to explain_batch run locally."""
+    from sparklstm.explain import explain_batch
+    from sparklstm.predictor import Predictor
+    from sparklstm.scoring import classify_udf
+
+    texts = ["the goal of the match was a great score", None, "bake the spice in the oven"]
+    df = spark.createDataFrame([(t,) for t in texts], "text string")
+    classify = classify_udf(spark, model_dir, explain=3, explain_method="occlusion")
+    rows = df.withColumn("p", classify("text")).collect()
+    local = explain_batch(Predictor.from_dir(model_dir), texts, k=3, method="occlusion")
+    assert rows[1]["p"] is None and local[1] is None
+    for row, expected in zip(rows, local):
+        if expected is None:
+            continue
+        got = [(e["token"], e["attribution"]) for e in row["p"]["explanation"]]
+        assert [t for t, _ in got] == [t for t, _ in expected]
+        assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(got, expected))
