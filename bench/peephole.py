@@ -1,11 +1,11 @@
 """Training tokens/s of the peephole LSTM against nn.LSTM and the old autograd loop, in one run.
 
-    python bench/peephole.py [--lengths 150 40] [--batch 64] [--batches 4] [--reps 3] [--no-old]
-                             [--jit] [--threads N]
+    python bench/peephole.py [--lengths 150 40] [--batch 64] [--batches 6] [--reps 3] [--no-old]
+                             [--jit] [--threads N] [--autocast]
 
 Each variant is ``LSTMClassifier`` (embed 128, hidden 128, 2 layers, dropout 0.2) training on
-the same random full-length batches: forward + backward + Adam step, flushed denormals, all
-CPU threads. Variants:
+the same random full-length batches: forward + backward + Adam step, flushed denormals,
+torch's default threads unless ``--threads``. Variants:
 
 * ``lstm``     : ``cell="lstm"`` (nn.LSTM, oneDNN on CPU)
 * ``old``      : ``cell="peephole"`` with the layers run by the original Python loop through
@@ -15,13 +15,16 @@ CPU threads. Variants:
 
 The variants are interleaved ``--reps`` times (other processes share the CPU, so timings
 drift); the table shows each variant's median, and the ratios are medians of the ratios
-within each repetition.
+within each repetition. The header prints the load average: with two threads on a busy 2-core
+machine every small matmul can stall on the second OpenMP thread (nn.LSTM's too), so compare
+with ``--threads 1`` and more ``--batches`` when the load is high.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 import warnings
@@ -90,11 +93,13 @@ def make_batches(n: int, batch: int, length: int, seed: int):
              torch.randint(0, 2, (batch,), generator=gen)) for _ in range(n)]
 
 
-def train_tokens_per_s(model: nn.Module, opt, batches) -> float:
+def train_tokens_per_s(model: nn.Module, opt, batches, autocast: bool = False) -> float:
     model.train()
     tokens, started = 0, time.perf_counter()
     for ids, lengths, y in batches:
-        loss = model.loss(model(ids, lengths), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # as train.py
+            logits = model(ids, lengths)
+        loss = model.loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -106,11 +111,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", type=int, nargs="+", default=[150, 40])
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--batches", type=int, default=4, help="timed batches per variant and rep")
+    p.add_argument("--batches", type=int, default=6, help="timed batches per variant and rep")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--no-old", action="store_true", help="skip the (slow) old autograd loop")
     p.add_argument("--jit", action="store_true", help="also time the old loop under jit.script")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--autocast", action="store_true",
+                   help="forward under bf16 autocast, as train.py's precision=bf16 does")
     a = p.parse_args()
     torch.set_flush_denormal(True)
     if a.threads > 0:
@@ -133,18 +140,20 @@ def main() -> None:
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, "
-          f"embed 128, hidden 128, 2 layers; {a.batches} timed batches x {a.reps} reps")
+          f"embed 128, hidden 128, 2 layers, {'bf16 autocast' if a.autocast else 'fp32'}; "
+          f"{a.batches} timed batches x {a.reps} reps; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     rows = []
     for length in a.lengths:
         batches = make_batches(a.batches, a.batch, length, seed=length)
         warm = make_batches(2, a.batch, length, seed=length + 1)
         for k in variants:  # warm-up: oneDNN primitives, jit profiling runs, allocator
-            train_tokens_per_s(models[k], opts[k], warm)
+            train_tokens_per_s(models[k], opts[k], warm, a.autocast)
         runs = {k: [] for k in variants}
         for rep in range(a.reps):
             order = variants if rep % 2 == 0 else variants[::-1]
             for k in order:
-                runs[k].append(train_tokens_per_s(models[k], opts[k], batches))
+                runs[k].append(train_tokens_per_s(models[k], opts[k], batches, a.autocast))
         med = {k: statistics.median(v) for k, v in runs.items()}
 
         def ratio(num, den):

@@ -3,7 +3,8 @@
 Three cells share one classifier:
 
 * ``lstm``     : ``nn.LSTM`` (cuDNN on GPU, oneDNN on CPU), the default.
-* ``peephole`` : :class:`PeepholeLSTM`, the seed's equations written out (gates read c_{t-1}).
+* ``peephole`` : :class:`PeepholeLSTM`, the seed's equations (gates read c_{t-1}), with a
+                 hand-written backward through time (``sparklstm/peephole.py``).
 * ``gru``      : ``nn.GRU``.
 
 Padding never changes a prediction: the layers are unidirectional and the classifier reads each
@@ -17,6 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sparklstm.peephole import peephole_layer_time_major
 
 CELLS = ("lstm", "peephole", "gru")
 
@@ -35,6 +38,10 @@ class PeepholeLSTM(nn.Module):
     Weights are stacked in ``nn.LSTM``'s gate order (i, f, g=c, o), so with zero peephole
     weights the layer computes exactly what ``nn.LSTM`` computes with
     ``weight_ih_l0 = weight_ih``, ``weight_hh_l0 = weight_hh`` and ``bias_ih_l0 + bias_hh_l0 = bias``.
+
+    The computation lives in :mod:`sparklstm.peephole` (one matmul for all steps' input
+    projections, a lean step loop, a custom autograd Function with backward through time); the
+    output is a transposed view of a time-major buffer, as ``nn.LSTM``'s batch-first output is.
 
     Example
     -------
@@ -59,25 +66,14 @@ class PeepholeLSTM(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, D) -> h for every step: (B, T, H)
-        B, T, _ = x.shape
-        H = self.hidden_size
-        # Input projections of all steps in one matmul; only the recurrent part stays in the loop.
-        x_proj = F.linear(x, self.weight_ih, self.bias)  # (B, T, 4H)
-        w_ci, w_cf, w_co = self.weight_peep  # (H,) each
-        h = x.new_zeros(B, H)
-        c = x.new_zeros(B, H)
-        outputs = []
-        for t in range(T):
-            gates = torch.addmm(x_proj[:, t], h, self.weight_hh.t())  # (B, 4H)
-            i, f, g, o = gates.chunk(4, dim=1)
-            i = torch.sigmoid(i + w_ci * c)
-            f = torch.sigmoid(f + w_cf * c)
-            o = torch.sigmoid(o + w_co * c)  # reads c_{t-1}, as the seed's equations say
-            c = f * c + i * torch.tanh(g)
-            h = o * torch.tanh(c)
-            outputs.append(h)
-        return torch.stack(outputs, dim=1)
+        # x: (B, T, D) -> h for every step: (B, T, H), h_0 = c_0 = 0.
+        return self.forward_time_major(x.transpose(0, 1)).transpose(0, 1)
+
+    def forward_time_major(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (T, B, D) -> (T, B, H). The input projections of all steps are one matmul; the
+        # recurrence has a hand-written backward through time (sparklstm/peephole.py).
+        return peephole_layer_time_major(x, self.weight_ih, self.weight_hh, self.bias,
+                                         self.weight_peep)
 
 
 class StackedPeepholeLSTM(nn.Module):
@@ -90,11 +86,13 @@ class StackedPeepholeLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T, D) -> (B, T, H); the layers run time-major so each step's rows are contiguous.
+        x = x.transpose(0, 1)
         for n, layer in enumerate(self.layers):
             if n > 0:
                 x = self.dropout(x)
-            x = layer(x)
-        return x
+            x = layer.forward_time_major(x)
+        return x.transpose(0, 1)
 
 
 class LSTMClassifier(nn.Module):
