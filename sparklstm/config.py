@@ -48,7 +48,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     flush_denormal: bool = True  # ~7x faster nn.LSTM training on this x86 CPU (see README)
-    precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU supports it) | fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 weights) | auto (bf16 where supported)
     num_threads: int = 0  # 0 = torch's default
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from .artifact import ModelArtifact, load_artifact
 from .data import pad_ids
 from .errors import SparklstmError
+from .runtime import tune_allocator
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -44,6 +45,7 @@ class Predictor:
         # Denormal floats appear in LSTM states and are ~100x slower on x86; flushing them to
         # zero changes results by < 1e-30.
         torch.set_flush_denormal(True)
+        tune_allocator()
         self.model = artifact.build_model(device=device)
         if precision == "int8":
             if not device.startswith("cpu"):
