@@ -18,7 +18,6 @@ peak RSS of Spark's Python workers. ``--large N`` also scores N generated rows m
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import tempfile

@@ -105,6 +105,20 @@ def save_model(model_dir: str | Path, *, model, vocab: Vocab, labels: list[str],
     return out
 
 
+def read_config(model_dir: str | Path) -> dict:
+    """config.json of a model directory, checked to be a sparklstm config (no weights read)."""
+    path = Path(model_dir)
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SparklstmError(f"{path} is not a sparklstm model directory (no {CONFIG})") from None
+    except ValueError:
+        raise SparklstmError(f"{path / CONFIG} is not valid JSON") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise SparklstmError(f"{path / CONFIG} is not a sparklstm model config")
+    return config
+
+
 def read_model_files(model_dir: str | Path) -> dict[str, bytes]:
     """The raw bytes of the files scoring needs (what the driver broadcasts)."""
     path = Path(model_dir)

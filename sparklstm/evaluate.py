@@ -67,17 +67,9 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
 
 def _known_labels(model_dir: str | Path, cells: list) -> list[str]:
     """The model's labels; a true or predicted label outside them is an error."""
-    from .artifact import CONFIG, FORMAT
+    from .artifact import read_config
 
-    path = Path(model_dir) / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SparklstmError(f"{model_dir} is not a sparklstm model directory (no {CONFIG})") from None
-    except ValueError:
-        raise SparklstmError(f"{path} is not valid JSON") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise SparklstmError(f"{path} is not a sparklstm model config")
+    config = read_config(model_dir)
     labels = [str(label) for label in config["labels"]]
     for side, name in (("y", "true labels"), ("p", "predicted labels")):
         unknown = sorted({r[side] for r in cells} - set(labels))

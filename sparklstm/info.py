@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .artifact import CONFIG, FORMAT, METRICS, REQUIRED, load_artifact, sha256
+from .artifact import CONFIG, FORMAT, METRICS, REQUIRED, load_artifact, read_config, sha256
 from .errors import SparklstmError
 
 
@@ -32,14 +32,7 @@ def model_info(model_dir: str | Path) -> dict:
     path = Path(model_dir)
     if not path.is_dir():
         raise SparklstmError(f"model directory not found: {path}")
-    try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SparklstmError(f"{path} is not a sparklstm model directory (no {CONFIG})") from None
-    except ValueError:
-        raise SparklstmError(f"{path / CONFIG} is not valid JSON") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise SparklstmError(f"{path / CONFIG} is not a sparklstm model config")
+    config = read_config(path)
 
     pinned = config.get("sha256", {})
     files = []
