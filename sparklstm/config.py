@@ -41,10 +41,10 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 15
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3  # 2e-3 oscillated on the demo corpus (val macro-F1 0.89 -> 0.78)
     weight_decay: float = 0.0
     clip_norm: float = 1.0
-    patience: int = 3  # epochs without a better validation macro-F1 before stopping
+    patience: int = 4  # epochs without a better validation macro-F1 before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     flush_denormal: bool = True  # ~7x faster nn.LSTM training on this x86 CPU (see README)
