@@ -199,3 +199,32 @@ def test_vocab_from_json_junk_raises(junk):
     """Anything that is not a well-formed vocabulary is a SparklstmError, never another error."""
     with pytest.raises(SparklstmError):
         Vocab.from_json(junk)
+
+
+def _unicode_path(text: str, lowercase: bool) -> list[str]:
+    """What tokenize returns without its ASCII fast path."""
+    import unicodedata
+
+    from sparklstm.text import _TOKEN
+
+    text = unicodedata.normalize("NFKC", text)
+    return _TOKEN.findall(text.lower() if lowercase else text)
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_ascii_fast_path_tokenizes_like_the_unicode_pattern(lowercase):
+    # Every ASCII character alone, and next to a letter, a digit, an apostrophe and a space.
+    chars = [chr(i) for i in range(128)]
+    texts = ["".join(chars)] + [a + b + c for a in chars for b in "aZ0' " for c in ("", "b", "'x")]
+    texts += ["Don't pay $100 now!!", "it's  o'clock -- e-mail\tx\x1cy\x1fz", "a''b '' 'q' _x_"]
+    for text in texts:
+        assert tokenize(text, lowercase=lowercase) == _unicode_path(text, lowercase), repr(text)
+
+
+def test_limit_stops_early_on_a_huge_text_and_agrees_with_truncation():
+    huge = "word " * 200_000 + "tail"  # ~1 MB
+    assert tokenize(huge, limit=5) == ["word"] * 5
+    text = "Ünïcode wörds and ascii " * 100
+    assert tokenize(text, limit=3) == tokenize(text)[:3]
+    v = Vocab(["word"])
+    assert v.encode(huge, max_len=256).tolist() == [2] * 256
