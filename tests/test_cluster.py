@@ -8,66 +8,12 @@ Everything binds to 127.0.0.1.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
-import pyspark
-import pytest
-
+from cluster import ENV, score_submit, standalone  # noqa: F401  (standalone is a fixture)
 from conftest import make_corpus
-
-REPO = Path(__file__).resolve().parents[1]
-SPARK_BIN = Path(pyspark.__file__).parent / "bin"
-ENV = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-       "PYSPARK_DRIVER_PYTHON": sys.executable}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
-@pytest.fixture(scope="module")
-def standalone(tmp_path_factory):
-    """spark://127.0.0.1:PORT with two workers of one core each."""
-    work = tmp_path_factory.mktemp("standalone")
-    port, ui = free_port(), free_port()
-    procs = [subprocess.Popen(
-        [str(SPARK_BIN / "spark-class"), "org.apache.spark.deploy.master.Master",
-         "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)],
-        env=ENV, stdout=open(work / "master.log", "w"), stderr=subprocess.STDOUT)]
-    wait_for_port(port)
-    url = f"spark://127.0.0.1:{port}"
-    for n in range(2):
-        procs.append(subprocess.Popen(
-            [str(SPARK_BIN / "spark-class"), "org.apache.spark.deploy.worker.Worker", url,
-             "--host", "127.0.0.1", "--cores", "1", "--memory", "1g",
-             "--webui-port", str(free_port()), "--work-dir", str(work / f"worker{n}")],
-            env=ENV, stdout=open(work / f"worker{n}.log", "w"), stderr=subprocess.STDOUT))
-    yield url
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def test_spark_submit_on_standalone_cluster_scores_every_row_once(standalone, spark, model_dir,
@@ -79,16 +25,13 @@ def test_spark_submit_on_standalone_cluster_scores_every_row_once(standalone, sp
     assert len(list(corpus.glob("*.parquet"))) == 6
     loads = tmp_path / "loads.log"
     out = tmp_path / "scored"
-    cmd = [
-        str(SPARK_BIN / "spark-submit"), "--master", standalone,
-        "--conf", f"spark.pyspark.python={sys.executable}",
-        "--conf", f"spark.executorEnv.SPARKLSTM_LOAD_LOG={loads}",
-        "--conf", "spark.sql.execution.arrow.maxRecordsPerBatch=50",  # many batches per task
-        "--conf", "spark.sql.files.maxPartitionBytes=4k",  # several tasks per file
-        "--conf", "spark.executor.memory=768m",
-        str(REPO / "jobs" / "score.py"), "--input", str(corpus), "--model", str(model_dir),
-        "--out", str(out), "--batch-size", "64",
-    ]
+    cmd = score_submit(standalone, corpus=corpus, model_dir=model_dir, out=out,
+                       args=("--batch-size", "64"), conf={
+                           "spark.executorEnv.SPARKLSTM_LOAD_LOG": loads,
+                           "spark.sql.execution.arrow.maxRecordsPerBatch": 50,  # many batches per task
+                           "spark.sql.files.maxPartitionBytes": "4k",  # several tasks per file
+                           "spark.executor.memory": "768m",
+                       })
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "scored 3000 rows" in result.stdout
