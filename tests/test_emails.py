@@ -4,6 +4,8 @@ import base64
 import email
 import json
 
+import pytest
+
 from sparklstm.emails import html_to_text, parse_email, read_spamassassin
 
 
@@ -178,3 +180,109 @@ def test_read_spamassassin(tmp_path):
         {"id": "spam-2/00002.bbb", "group": "spam-2", "label": "spam",
          "text": "Win\n\nCash now"},
     ]
+
+
+# --- messages as their original bytes ---------------------------------------
+
+
+def test_bytes_each_part_is_decoded_with_its_own_charset():
+    # One message, three 8-bit parts in three charsets, and an 8-bit subject:
+    # no single decoding of the whole file could get all of them right.
+    raw = (
+        b"Subject: Caf\xe9\n"
+        b'Content-Type: multipart/mixed; boundary="B"\n'
+        b"\n"
+        b"--B\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\n"
+        b"Content-Transfer-Encoding: 8bit\n"
+        b"\n"
+        b"d\xe9j\xe0 vu\n"
+        b"--B\n"
+        b"Content-Type: text/plain; charset=koi8-r\n"
+        b"Content-Transfer-Encoding: 8bit\n"
+        b"\n"
+        + "привет".encode("koi8-r") + b"\n"
+        b"--B\n"
+        b"Content-Type: text/html; charset=utf-8\n"
+        b"\n"
+        b"<p>" + "Grüße".encode("utf-8") + b"</p>\n"
+        b"--B--\n"
+    )
+    assert parse_email(raw) == "Café\n\ndéjà vu\n\nпривет\n\nGrüße"
+
+
+def test_bytes_latin1_label_reads_windows_1252_quotes():
+    # 0x93/0x94 are C1 controls in latin-1 but curly quotes in windows-1252,
+    # which is what such mail means (browsers read the label the same way).
+    raw = b"Subject: x\nContent-Type: text/plain; charset=iso-8859-1\n\nclick \x93here\x94 \x96 \xa35\n"
+    assert parse_email(raw) == "x\n\nclick \u201chere\u201d \u2013 \u00a35"
+
+
+def test_bytes_mislabelled_utf8_falls_back_without_replacement_characters():
+    raw = b"Subject: x\nContent-Type: text/plain; charset=utf-8\n\nna\xefve \x85 caf\xe9\n"
+    assert parse_email(raw) == "x\n\nnaïve ... café"  # NFKC turns the ellipsis into "..."
+
+
+def test_bytes_bad_bytes_in_a_multibyte_charset_keep_the_rest():
+    good = "日本語のメール".encode("shift_jis")
+    raw = b"Subject: x\nContent-Type: text/plain; charset=shift_jis\n\n" + good + b" \xff\xff ok\n"
+    assert parse_email(raw) == "x\n\n日本語のメール \ufffd\ufffd ok"
+
+
+def test_bytes_and_str_agree_on_ascii_and_armoured_messages():
+    raws = [
+        "Subject: Hi\n\nSee   you\tsoon\n",
+        "Subject: Menu\nContent-Type: text/plain; charset=iso-8859-1\n"
+        "Content-Transfer-Encoding: quoted-printable\n\nCaf=E9 au lait\n",
+        "Subject: =?utf-8?b?" + b64("Grüße".encode()) + "?=\n"
+        "Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: base64\n\n"
+        + b64("Köln".encode()) + "\n",
+    ]
+    for raw in raws:
+        assert parse_email(raw.encode("ascii")) == parse_email(raw) != ""
+
+
+def test_bytes_recovered_multipart_keeps_8bit_text():
+    raw = (
+        b"Subject: News\n"
+        b"\n"
+        b"--123.456\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\n"
+        b"Content-Transfer-Encoding: 8bit\n"
+        b"\n"
+        b"R\xe9sum\xe9 inside\n"
+        b"--123.456--\n"
+    )
+    assert parse_email(raw) == "News\n\nRésumé inside"
+
+
+def test_bytes_parser_failure_falls_back_to_decoded_body(monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(email, "message_from_bytes", broken)
+    assert parse_email(b"Subject: Hi\n\nCaf\xe9   ouvert\n") == "Café ouvert"
+
+
+def test_lone_surrogates_never_get_out():
+    # They cannot be encoded as UTF-8 (Parquet, JSON): a stray one is dropped,
+    # and surrogate-escaped bytes in a str (Python's way to carry undecodable
+    # bytes) are decoded in headers; a body without charset gets U+FFFD.
+    assert parse_email("plain c\ud800d text") == "plain cd text"
+    assert parse_email("Subject: a\udce9b\n\nc\udce9d") == "aéb\n\nc\ufffdd"
+
+
+def test_read_spamassassin_txt_reads_the_original_bytes(tmp_path):
+    folder = tmp_path / "data" / "spam-1"
+    folder.mkdir(parents=True)
+    raw = b"Subject: Gr\xfc\xdfe\nContent-Type: text/plain; charset=iso-8859-1\n\nK\xf6ln\n"
+    lossy = raw.decode("utf-8", errors="replace")  # what the package's JSON holds
+    (folder / "00001.aaa.txt").write_bytes(raw)
+    (folder / "00001.aaa.json").write_text(json.dumps({"text": lossy}), encoding="utf-8")
+    assert list(read_spamassassin(tmp_path, source="txt")) == [
+        {"id": "spam-1/00001.aaa", "group": "spam-1", "label": "spam", "text": "Grüße\n\nKöln"},
+    ]
+    # The JSON copy lost the bytes: only replacement characters are left.
+    assert next(read_spamassassin(tmp_path))["text"] == "Gr\ufffd\ufffde\n\nK\ufffdln"
+    with pytest.raises(ValueError, match="source"):
+        next(read_spamassassin(tmp_path, source="eml"))
