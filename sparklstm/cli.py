@@ -128,8 +128,14 @@ def train(
     config: ConfigPath = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run from OUT/checkpoint/ (same settings).")] = False,
 ):
-    """Train the LSTM classifier on prepped/ (PyTorch, one node, CPU or CUDA)."""
+    """Train the LSTM classifier on prepped/ (PyTorch, one node, CPU or CUDA).
+
+    Every epoch is checkpointed in OUT/checkpoint/ (removed when training finishes);
+    --resume continues an interrupted run to the same result."""
+    from .checkpoint import checkpoint_path
     from .config import load_config
     from .train import train as run_train
 
@@ -141,10 +147,13 @@ def train(
                           device=device, num_threads=threads, flush_denormal=flush_denormal,
                           precision=precision),
         })
-        if (out / "config.json").exists() and not overwrite:
+        if (out / "config.json").exists() and not (overwrite or resume):
             raise SparklstmError(f"{out} already holds a model (pass --overwrite to replace it)")
+        if checkpoint_path(out).exists() and not (overwrite or resume):
+            raise SparklstmError(f"{out} holds an interrupted run's checkpoint (pass --resume to "
+                                 "continue it or --overwrite to start over)")
         metrics = run_train(prepped=prepped, out=out, model_config=cfg.model, train_config=cfg.train,
-                            progress=progress, log=lambda m: typer.echo(m, err=True))
+                            progress=progress, log=lambda m: typer.echo(m, err=True), resume=resume)
         for name in ("val", "test"):
             if metrics[name]:
                 out_console.print(_metrics_table(name, metrics[name]))

@@ -2,7 +2,9 @@
 
 The loop is written out (no framework): length-bucketed batches, Adam, gradient clipping, a
 validation pass per epoch, early stopping on validation macro-F1 with the best weights kept, and
-the model directory written at the end with validation and test metrics.
+the model directory written at the end with validation and test metrics. After every epoch the
+loop's whole state is checkpointed (``sparklstm/checkpoint.py``) so ``resume=True`` continues an
+interrupted run to the same result; a run that finishes removes its checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Callable
 import numpy as np
 
 from .artifact import save_model
+from .checkpoint import LoopState, remove_checkpoint, run_settings, save_checkpoint
+from .checkpoint import resume as resume_state
 from .config import ModelConfig, TrainConfig, as_dict
 from .data import Split, batch_indices, pad_batch, read_split
 from .device import resolve_device
@@ -69,8 +73,13 @@ def evaluate_split(model, split: Split, labels: list[str], *, device: str) -> di
 
 def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | None = None,
           train_config: TrainConfig | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict:
+          log: Callable[[str], None] = print, resume: bool = False) -> dict:
     """Train on ``prepped/`` and write the model directory ``out``; returns metrics.json's content.
+
+    Every epoch is checkpointed in ``out/checkpoint/``; with ``resume=True`` training continues
+    from the last completed epoch of an interrupted run with the same settings and ends with the
+    same metrics as an uninterrupted run (``SparklstmError`` if there is no checkpoint or the
+    settings differ). The checkpoint is removed once the model directory is written.
 
     Example
     -------
@@ -111,14 +120,19 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     if not has_val:
         log("warning: the val split is empty; early stopping watches the train split")
 
-    history, best_f1, best_state, best_epoch, stale = [], -1.0, None, 0, 0
-    real_tokens, train_seconds = 0, 0.0
+    settings = run_settings(model_config=as_dict(mcfg), train_config=as_dict(tcfg), device=device,
+                            precision=precision, prepped=prepped)
+    st = LoopState()
+    if resume:  # weights, Adam moments, every RNG and the loop's counters of the last epoch
+        st = resume_state(out, settings=settings, model=model, optimizer=optimizer, batch_rng=rng,
+                          device=device)
+        log(f"resuming after epoch {st.epoch}" + (" (training had ended)" if st.done else ""))
     bar = _progress(progress)
     with bar:
-        for epoch in range(1, tcfg.epochs + 1):
+        for epoch in range(st.epoch + 1, 0 if st.done else tcfg.epochs + 1):
             batches = batch_indices(train_split.lengths, batch_size=tcfg.batch_size, rng=rng)
             task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=len(batches), loss=float("nan"),
-                                f1=best_f1 if best_f1 >= 0 else float("nan"))
+                                f1=st.best_f1 if st.best_f1 >= 0 else float("nan"))
             model.train()
             started, loss_sum = time.perf_counter(), 0.0
             for step, rows in enumerate(batches, 1):
@@ -133,30 +147,33 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
                 optimizer.step()
                 loss_sum += loss.item()
-                real_tokens += int(train_split.lengths[rows].sum())
+                st.real_tokens += int(train_split.lengths[rows].sum())
                 bar.update(task, advance=1, loss=loss_sum / step)
-            train_seconds += time.perf_counter() - started
+            st.train_seconds += time.perf_counter() - started
             val = evaluate_split(model, select_on, labels, device=device)
-            history.append({"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1),
-                            "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+            st.history.append({"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1),
+                               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
             bar.update(task, f1=val["macro_f1"])
-            if val["macro_f1"] > best_f1:
-                best_f1, best_epoch, stale = val["macro_f1"], epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+            if val["macro_f1"] > st.best_f1:
+                st.best_f1, st.best_epoch, st.stale = val["macro_f1"], epoch, 0
+                st.best_state = copy.deepcopy(model.state_dict())
             else:
-                stale += 1
-                if stale >= tcfg.patience:
-                    log(f"early stop after epoch {epoch}: no better val macro-F1 for {stale} epochs")
-                    break
+                st.stale += 1
+            st.epoch, st.done = epoch, st.stale >= tcfg.patience or epoch == tcfg.epochs
+            save_checkpoint(out, state=st, settings=settings, model=model, optimizer=optimizer,
+                            batch_rng=rng, device=device)
+            if st.stale >= tcfg.patience:
+                log(f"early stop after epoch {epoch}: no better val macro-F1 for {st.stale} epochs")
+                break
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(st.best_state)
     metrics = {
         "val": evaluate_split(model, val_split, labels, device=device) if has_val else None,
         "test": evaluate_split(model, test_split, labels, device=device) if len(test_split) else None,
-        "best_epoch": best_epoch,
-        "history": history,
-        "train_seconds": round(train_seconds, 2),
-        "train_tokens_per_s": round(real_tokens / max(train_seconds, 1e-9), 1),
+        "best_epoch": st.best_epoch,
+        "history": st.history,
+        "train_seconds": round(st.train_seconds, 2),
+        "train_tokens_per_s": round(st.real_tokens / max(st.train_seconds, 1e-9), 1),
         "device": device,
         "precision": precision,
     }
@@ -164,7 +181,8 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
     from .plots import training_curves
 
-    training_curves(history, out=Path(out) / CURVES_PNG)  # loss and val macro-F1 per epoch
+    training_curves(st.history, out=Path(out) / CURVES_PNG)  # loss and val macro-F1 per epoch
+    remove_checkpoint(out)  # the model directory is complete; only an interrupted run needs it
     return metrics
 
 
