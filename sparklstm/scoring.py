@@ -159,6 +159,11 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
                 start += len(batch)
 
     def apply(column):
+        # collate() takes strings only (no implicit cast), so a number or binary column is an
+        # AnalysisException when the plan is built, not silent null or digit predictions.
+        # make_valid_utf8: invalid UTF-8 bytes in a string column would crash the Arrow
+        # conversion in the Python worker; they become U+FFFD, as a decoder with errors=replace.
+        column = F.make_valid_utf8(F.collate(column, "UTF8_BINARY"))
         result = classify(column)
         # A pandas UDF can't return a null struct, only a struct of nulls; make it a null struct.
         return F.when(result["label"].isNull(), F.lit(None)).otherwise(result)
