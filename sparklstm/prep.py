@@ -3,14 +3,19 @@
 Steps, all distributed (the driver only ever collects the vocabulary, the label set and counts):
 
 1. read Parquet/CSV/JSON; keep rows with a text and a label
-2. tokenize with ``text.tokenize`` in a pandas UDF (the same function training and scoring use)
-3. split by a seeded hash of the text: identical texts always land in the same split, a text's
+2. split by a seeded hash of the text: identical texts always land in the same split, a text's
    split never changes when the corpus grows, and each label is split in the same proportions
    in expectation
-4. count tokens of the *train* split (so val/test never leak into the vocabulary), keep those
-   with count >= min_freq, the most frequent max_vocab - 2
-5. encode to ids (truncated to max_len) and write ``train/``, ``val/``, ``test/`` Parquet with
-   ``ids: array<int>, label_id: int, label: string``, plus vocab.json, labels.json, prep.json.
+3. pass 1 (``mapInPandas``): tokenize with ``text.tokenize`` (the same function training and
+   scoring use) and count, per partition, the tokens of the *train* split (so val/test never leak
+   into the vocabulary) and the rows and tokens per (split, label); Spark sums the partial counts
+   and keeps tokens with count >= min_freq, the most frequent max_vocab - 2
+4. pass 2 (pandas UDF): tokenize again and encode to ids (truncated to max_len); one partitioned
+   write gives ``train/``, ``val/``, ``test/`` Parquet with ``ids: array<int>, label_id: int,
+   label: string``, plus vocab.json, labels.json, prep.json.
+
+Tokenizing twice is cheaper than the alternative: shipping every token string from Python to the
+JVM, caching it, and back to Python to encode was 2.5x slower end to end (bench/prep.py).
 """
 
 
@@ -29,15 +34,55 @@ MAX_CLASSES = 10_000  # more distinct labels than this is almost surely the wron
 _BUCKETS = 1_000_000
 
 
-def _tokenize_udf(lowercase: bool):
+_COUNTS_SCHEMA = "token string, split string, label string, n long, tokens long, truncated long"
+
+
+def _count_partition(lowercase: bool, max_len: int):
+    """mapInPandas function: one partition's partial counts, emitted once at its end.
+
+    Rows out: ``(token, null, null, count, 0, 0)`` per distinct train token (first max_len tokens
+    only: those compete for vocabulary slots), and ``(null, split, label, rows, tokens,
+    truncated)`` per split and label; rows prep drops (null text or label, no tokens) are counted
+    under split and label null.
+    """
+    from collections import Counter
+
+    import numpy as np
     import pandas as pd
-    from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf("array<string>")
-    def tokens(texts: pd.Series) -> pd.Series:
-        return texts.map(lambda t: tokenize(t, lowercase=lowercase))
+    def count(batches):
+        vocab = Counter()
+        per_class = {}  # (split, label) -> [rows, tokens, truncated]
+        dropped = 0
+        for df in batches:
+            ok = (df["text"].notna() & df["label"].notna()).to_numpy()
+            dropped += int((~ok).sum())
+            df = df[ok]
+            tokens = [tokenize(t, lowercase=lowercase) for t in df["text"].tolist()]
+            n = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))  # (rows,)
+            for ts, split in zip(tokens, df["split"].tolist()):
+                if split == "train":  # Counter.update on a list runs in C
+                    vocab.update(ts if len(ts) <= max_len else ts[:max_len])
+            dropped += int((n == 0).sum())
+            kept = pd.DataFrame({"split": df["split"].to_numpy(), "label": df["label"].to_numpy(),
+                                 "tokens": n, "truncated": n > max_len})[n > 0]
+            for (split, label), g in kept.groupby(["split", "label"], sort=False):
+                acc = per_class.setdefault((split, label), [0, 0, 0])
+                acc[0] += len(g)
+                acc[1] += int(g["tokens"].sum())
+                acc[2] += int(g["truncated"].sum())
+        if dropped:
+            per_class[(None, None)] = [dropped, 0, 0]
+        yield pd.DataFrame({
+            "token": list(vocab) + [None] * len(per_class),
+            "split": [None] * len(vocab) + [k[0] for k in per_class],
+            "label": [None] * len(vocab) + [k[1] for k in per_class],
+            "n": list(vocab.values()) + [v[0] for v in per_class.values()],
+            "tokens": [0] * len(vocab) + [v[1] for v in per_class.values()],
+            "truncated": [0] * len(vocab) + [v[2] for v in per_class.values()],
+        })
 
-    return tokens
+    return count
 
 
 def _encode_udf(vocab_bc, max_len: int):
@@ -45,11 +90,28 @@ def _encode_udf(vocab_bc, max_len: int):
     from pyspark.sql.functions import pandas_udf
 
     @pandas_udf("array<int>")
-    def encode(tokens: pd.Series) -> pd.Series:
+    def encode(texts: pd.Series) -> pd.Series:
         vocab = vocab_bc.value
-        return tokens.map(lambda ts: vocab.encode_tokens(list(ts), max_len=max_len))
+        # Python lists convert to Arrow ~2x faster than a Series of numpy arrays.
+        return pd.Series([vocab.encode(t, max_len=max_len).tolist() for t in texts.tolist()])
 
-    return encode
+    # Nondeterministic only so that Spark evaluates it once: prep filters on its output, and for a
+    # deterministic UDF the optimizer pushes that filter below the projection, running it twice.
+    return encode.asNondeterministic()
+
+
+def _write_splits(encoded, out: Path) -> None:
+    """One partitioned write, then ``split=train`` -> ``train`` (a split with no rows still gets a
+    directory with an empty Parquet file, as readers expect)."""
+    staging = out / "_splits"
+    encoded.write.partitionBy("split").parquet(str(staging))
+    for name in SPLITS:
+        part = staging / f"split={name}"
+        if part.exists():
+            part.rename(out / name)
+        else:
+            encoded.where("false").drop("split").write.parquet(str(out / name))
+    shutil.rmtree(staging)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:
@@ -90,71 +152,63 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
         raise SparklstmError(f"input {input_path} has no rows")
 
     try:
-        rows = df.select(
-            F.col(cfg.text_col).alias("text"),
-            F.col(cfg.label_col).cast("string").alias("label"),
-        )
         u = F.pmod(F.xxhash64(F.lit(cfg.split_seed), F.col("text")), F.lit(_BUCKETS)) / _BUCKETS
         split = (F.when(u < cfg.test_fraction, "test")
                  .when(u < cfg.test_fraction + cfg.val_fraction, "val").otherwise("train"))
-        tokens = (
-            rows.where(F.col("text").isNotNull() & F.col("label").isNotNull())
-            .withColumn("tokens", _tokenize_udf(cfg.lowercase)("text"))
-            .where(F.size("tokens") > 0)
-            .select("tokens", "label", split.alias("split"))
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
+        rows = df.select(
+            F.col(cfg.text_col).alias("text"),
+            F.col(cfg.label_col).cast("string").alias("label"),
+        ).withColumn("split", split)
+        partial = (rows.mapInPandas(_count_partition(cfg.lowercase, cfg.max_len), _COUNTS_SCHEMA)
+                   .persist(StorageLevel.MEMORY_AND_DISK))
+        stats = (partial.where(F.col("token").isNull())
+                 .groupBy("split", "label")
+                 .agg(F.sum("n").alias("n"), F.sum("tokens").alias("tokens"),
+                      F.sum("truncated").alias("truncated"))
+                 .collect())
         # The classes are the labels of the rows kept: a label seen only on dropped rows (null or
         # token-less text) would be a class without a single example.
-        labels = sorted(
-            r["label"] for r in tokens.select("label").distinct().limit(MAX_CLASSES + 1).collect()
-        )
+        labels = sorted({r["label"] for r in stats if r["label"] is not None})
         if len(labels) > MAX_CLASSES:
-            tokens.unpersist()
+            partial.unpersist()
             raise SparklstmError(f"label column {cfg.label_col!r} has over {MAX_CLASSES} distinct values")
         if len(labels) < 2:
-            tokens.unpersist()
+            partial.unpersist()
             only = f" ({labels[0]!r})" if labels else ""
             raise SparklstmError(
                 f"label column {cfg.label_col!r} has {len(labels)} class{only}; need at least 2"
             )
         _prepare_output(out, overwrite)
 
-        # Distributed counts on the train split; only the kept vocabulary reaches the driver.
+        # Distributed sums of the partial counts; only the kept vocabulary reaches the driver.
         top = (
-            tokens.where(F.col("split") == "train")
-            # Only tokens the model will see (the first max_len) compete for vocabulary slots.
-            .select(F.explode(F.slice("tokens", 1, cfg.max_len)).alias("token"))
-            .groupBy("token").count()
+            partial.where(F.col("token").isNotNull())
+            .groupBy("token").agg(F.sum("n").alias("count"))
             .where(F.col("count") >= cfg.min_freq)
             .orderBy(F.desc("count"), F.asc("token"))
             .limit(cfg.max_vocab - 2)
             .collect()
         )
+        partial.unpersist()
         vocab = Vocab([r["token"] for r in top], lowercase=cfg.lowercase)
-
-        stats = tokens.groupBy("split", "label").agg(
-            F.count("*").alias("n"),
-            F.sum(F.size("tokens")).alias("tokens"),
-            F.sum((F.size("tokens") > cfg.max_len).cast("long")).alias("truncated"),
-        ).collect()
-        total_in = df.count()
 
         label_ids = F.create_map(*[x for i, lab in enumerate(labels) for x in (F.lit(lab), F.lit(i))])
         encode = _encode_udf(spark.sparkContext.broadcast(vocab), cfg.max_len)
-        for name in SPLITS:
-            (tokens.where(F.col("split") == name)
-             .select(encode("tokens").alias("ids"),
-                     label_ids[F.col("label")].cast("int").alias("label_id"),
-                     "label")
-             .write.mode("errorifexists").parquet(str(out / name)))
-        tokens.unpersist()
+        encoded = (rows.where(F.col("text").isNotNull() & F.col("label").isNotNull())
+                   .select(encode("text").alias("ids"),
+                           label_ids[F.col("label")].cast("int").alias("label_id"),
+                           "label", "split")
+                   .where(F.size("ids") > 0))
+        _write_splits(encoded, out)
     except spark_errors() as e:
         raise SparklstmError(f"prep failed: {first_line(e)}") from None
 
     counts = {s: {lab: 0 for lab in labels} for s in SPLITS}
-    n_tokens = truncated = 0
+    n_tokens = truncated = total_in = 0
     for r in stats:
+        total_in += r["n"]
+        if r["label"] is None:
+            continue
         counts[r["split"]][r["label"]] = r["n"]
         n_tokens += r["tokens"]
         truncated += r["truncated"]
