@@ -175,8 +175,18 @@ def score(
     config: ConfigPath = None,
     master: Master = None,
     overwrite: Overwrite = False,
+    stream: Annotated[bool, typer.Option("--stream", help="INPUT is a directory to watch: score each new Parquet file as it arrives (Structured Streaming), exactly once.")] = False,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Streaming: the query's checkpoint directory (required with --stream).")] = None,
+    trigger: Annotated[Optional[str], typer.Option(help="Streaming: processing-time (until Ctrl-C) | available-now (what is there, then stop).")] = None,
+    interval: Annotated[Optional[str], typer.Option(help="Streaming: processing-time interval (default: 10 seconds).")] = None,
+    max_files_per_trigger: Annotated[Optional[int], typer.Option(help="Streaming: at most this many new files per micro-batch.")] = None,
+    schema: Annotated[Optional[str], typer.Option(help="Streaming: input schema as DDL, e.g. 'id BIGINT, text STRING' (default: from the files present).")] = None,
+    allow_model_change: Annotated[bool, typer.Option("--allow-model-change", help="Streaming: resume a checkpoint that another model started (rows keep each model's id).")] = False,
 ):
-    """Add a prediction column to every row of a table with the Spark UDF; write Parquet."""
+    """Add a prediction column to every row of a table with the Spark UDF; write Parquet.
+
+    With --stream, keep scoring new files of INPUT into OUT (plus a model_id column) until
+    Ctrl-C, or until the files present are done with --trigger available-now."""
     from .config import load_config
     from .scoring import score as run_score
 
@@ -184,12 +194,46 @@ def score(
         cfg = load_config(path=config, overrides={"score": dict(
             text_col=text_col, pred_col=pred_col, batch_size=batch_size, device=device,
             precision=precision)}).score
+        streaming = dict(checkpoint=checkpoint, trigger=trigger, interval=interval,
+                         max_files_per_trigger=max_files_per_trigger, schema=schema,
+                         allow_model_change=allow_model_change or None)
+        if not stream and any(v is not None for v in streaming.values()):
+            given = [k for k, v in streaming.items() if v is not None]
+            raise SparklstmError(f"--{given[0].replace('_', '-')} applies only with --stream")
+        if stream:
+            _check_stream_args(checkpoint=checkpoint, overwrite=overwrite, format=format)
         if not model.is_dir():  # before starting Spark: a typo should fail in a second
             raise SparklstmError(f"model directory not found: {model}")
+        if stream:
+            _score_stream(_spark(master), input=input, model=model, out=out, cfg=cfg,
+                          **{**streaming, "allow_model_change": allow_model_change})
+            return
         n = run_score(_spark(master), input_path=input, model_dir=model, out=out,
                       text_col=cfg.text_col, pred_col=cfg.pred_col, batch_size=cfg.batch_size,
                       device=cfg.device, precision=cfg.precision, fmt=format, overwrite=overwrite)
         out_console.print(f"scored {n} rows -> {out}")
+
+
+def _check_stream_args(*, checkpoint, overwrite: bool, format) -> None:
+    if checkpoint is None:
+        raise SparklstmError("--stream needs --checkpoint DIR (where the query keeps its progress)")
+    if overwrite:
+        raise SparklstmError("--overwrite does not apply to --stream (it resumes OUT from its checkpoint)")
+    if format not in (None, "parquet"):
+        raise SparklstmError("--stream reads Parquet files only")
+
+
+def _score_stream(spark, *, input: str, model: Path, out: str, cfg, trigger, interval, **options):
+    from .streaming import score_stream
+
+    summary = score_stream(spark, input_dir=input, model_dir=model, out=out,
+                           text_col=cfg.text_col, pred_col=cfg.pred_col,
+                           batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision,
+                           trigger=trigger or "processing-time", interval=interval or "10 seconds",
+                           log=lambda m: typer.echo(m, err=True), **options)
+    how = "stopped" if summary.stopped else "done"
+    out_console.print(f"{how}: scored {summary.rows} rows in {summary.batches} batches -> {out} "
+                      f"(model {summary.model_id[:12]})")
 
 
 @app.command()

@@ -184,22 +184,31 @@ def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: 
     >>> score(spark, input_path="mail/", model_dir="model/", out="scored/")   # doctest: +SKIP
     """
 
-    from .tables import first_line, read_table, require_columns, spark_errors
+    from .tables import first_line, read_table, spark_errors
 
     classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device,
                             precision=precision)
     df = read_table(spark, input_path, fmt=fmt)
-    require_columns(df, {text_col: "text"}, source=str(input_path))
-    if pred_col in df.columns:
-        raise SparklstmError(f"input already has a column named {pred_col!r}; pass another --pred-col")
+    scored = with_prediction(df, classify, text_col=text_col, pred_col=pred_col,
+                             source=str(input_path))
     _check_output(out, overwrite)
     try:
-        scored = df.withColumn(pred_col, classify(text_col))
         scored.write.mode("overwrite" if overwrite else "errorifexists").parquet(str(out))
         # Parquet footers hold row counts, so this reads no data.
         return spark.read.parquet(str(out)).count()
     except spark_errors() as e:
         raise SparklstmError(f"scoring failed: {first_line(e)}") from None
+
+
+def with_prediction(df, classify, *, text_col: str, pred_col: str, source: str):
+    """``df`` plus ``pred_col = classify(text_col)``, after checking the columns; the one place
+    batch ``score`` and streaming ``score_stream`` build their output (a lazy plan either way)."""
+    from .tables import require_columns
+
+    require_columns(df, {text_col: "text"}, source=source)
+    if pred_col in df.columns:
+        raise SparklstmError(f"input already has a column named {pred_col!r}; pass another --pred-col")
+    return df.withColumn(pred_col, classify(text_col))
 
 
 def _check_output(out: str, overwrite: bool) -> None:

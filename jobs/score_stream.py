@@ -1,0 +1,54 @@
+"""spark-submit entry for streaming scoring: argument parsing + one call.
+
+    spark-submit --master spark://host:7077 jobs/score_stream.py --input incoming/ \
+        --model model/ --out scored/ --checkpoint ckpt/ [--trigger available-now]
+"""
+
+import argparse
+import sys
+
+from sparklstm.config import load_config
+from sparklstm.errors import SparklstmError
+from sparklstm.session import get_spark
+from sparklstm.streaming import TRIGGERS, score_stream
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--input", required=True, help="directory of Parquet files to watch")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--trigger", choices=TRIGGERS, default="processing-time")
+    p.add_argument("--interval", default="10 seconds")
+    p.add_argument("--max-files-per-trigger", type=int)
+    p.add_argument("--schema", help="DDL, e.g. 'id BIGINT, text STRING'")
+    p.add_argument("--allow-model-change", action="store_true")
+    p.add_argument("--text-col")
+    p.add_argument("--pred-col")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--precision", help="fp32 | bf16 | int8")
+    p.add_argument("--config")
+    a = p.parse_args(argv)
+    try:
+        cfg = load_config(path=a.config, overrides={"score": {
+            "text_col": a.text_col, "pred_col": a.pred_col, "batch_size": a.batch_size,
+            "device": a.device, "precision": a.precision}}).score
+        summary = score_stream(
+            get_spark(app_name="sparklstm-score-stream"), input_dir=a.input, model_dir=a.model,
+            out=a.out, checkpoint=a.checkpoint, trigger=a.trigger, interval=a.interval,
+            max_files_per_trigger=a.max_files_per_trigger, schema=a.schema,
+            allow_model_change=a.allow_model_change, text_col=cfg.text_col,
+            pred_col=cfg.pred_col, batch_size=cfg.batch_size, device=cfg.device,
+            precision=cfg.precision, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except SparklstmError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'stopped' if summary.stopped else 'done'}: scored {summary.rows} rows in "
+          f"{summary.batches} batches -> {a.out} (model {summary.model_id})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
