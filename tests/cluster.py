@@ -123,20 +123,25 @@ def wait_for_lines(path: Path, n: int, *, proc: subprocess.Popen, timeout: float
 
 
 def event_log_summary(log_dir: Path) -> dict:
-    """What the Spark event log in ``log_dir`` (one application) says about tasks and executors:
-    successful and failed task attempts (with the failure reasons), executors added and removed."""
+    """What the Spark event log in ``log_dir`` (one application, written with
+    spark.eventLog.compress=false and spark.eventLog.rolling.enabled=false) says about the job: task attempts
+    that succeeded, failed (with why) and succeeded on a retry; executors added and removed."""
     (log,) = [p for p in Path(log_dir).iterdir() if not p.name.startswith(".")]
     tasks, reasons, executors = Counter(), Counter(), Counter()
     for line in log.read_text().splitlines():
         event = json.loads(line)
         kind = event["Event"]
         if kind == "SparkListenerTaskEnd":
-            reason = event["Task End Reason"]["Reason"]
-            tasks["succeeded" if reason == "Success" else "failed"] += 1
-            if reason != "Success":
-                reasons[reason] += 1
+            end = event["Task End Reason"]
+            if end["Reason"] == "Success":
+                tasks["succeeded"] += 1
+                tasks["succeeded_on_retry"] += event["Task Info"]["Attempt"] > 0
+            else:
+                tasks["failed"] += 1
+                why = end.get("Description") or end.get("Loss Reason") or ""
+                reasons[f"{end['Reason']}: {why.splitlines()[0][:100] if why else ''}"] += 1
         elif kind == "SparkListenerExecutorAdded":
             executors["added"] += 1
         elif kind == "SparkListenerExecutorRemoved":
             executors["removed"] += 1
-    return {"tasks": dict(tasks), "failure_reasons": dict(reasons), "executors": dict(executors)}
+    return {"tasks": dict(tasks), "failures": dict(reasons), "executors": dict(executors)}
