@@ -133,7 +133,9 @@ def run_corpus(spark, name: str, cfg, *, limit: int | None, workdir: Path,
     df = corpora.limit_rows(corpora.LOADERS[name](package_dir), limit)
     df = df[df["text"].str.strip().astype(bool)].reset_index(drop=True)
     corpus = workdir / f"{name}.parquet"
-    df.to_parquet(corpus, index=False)
+    # Several row groups: Spark splits a file by bytes, and a split holding no row group is an
+    # empty partition (prep's mapInPandas pass failed on one; the failure is reported).
+    df.to_parquet(corpus, index=False, row_group_size=1000)
     print(f"[{name}] {len(df):,} texts; prep ...", flush=True)
     started = time.perf_counter()
     summary = prep(spark, input_path=str(corpus), out=workdir / f"{name}-prepped", config=cfg.prep,
