@@ -50,6 +50,9 @@ class TrainConfig:
     flush_denormal: bool = True  # ~7x faster nn.LSTM training on this x86 CPU (see README)
     precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 weights) | auto (bf16 where supported)
     num_threads: int = 0  # 0 = torch's default
+    # A train split with more rows is streamed from its Parquet shards through a shuffle buffer of
+    # this many rows (~1 KB each at max_len 256); smaller splits are read whole and fully shuffled.
+    shuffle_buffer_rows: int = 500_000
 
 
 @dataclass

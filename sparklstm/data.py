@@ -25,6 +25,14 @@ class Split:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def batches(self, *, batch_size: int, rng: np.random.Generator | None):
+        """(self, row indices) per batch: the interface of ``shards.ShardedSplit`` too."""
+        for rows in batch_indices(self.lengths, batch_size=batch_size, rng=rng):
+            yield self, rows
+
+    def present_labels(self) -> np.ndarray:
+        return np.unique(self.labels)
+
 
 def read_split(path: str | Path) -> Split:
     """Read a prepped split (a directory of Parquet files) with pyarrow, no Spark needed."""
@@ -34,6 +42,11 @@ def read_split(path: str | Path) -> Split:
         table = pq.read_table(str(path), columns=["ids", "label_id"])
     except (OSError, ValueError) as e:
         raise SparklstmError(f"cannot read prepped split {path}: {e}") from None
+    return split_from_table(table)
+
+
+def split_from_table(table) -> Split:
+    """A pyarrow table with ``ids`` and ``label_id`` as a Split (ids are views into one array)."""
     lists = table.column("ids").combine_chunks()
     offsets = lists.offsets.to_numpy()
     flat = lists.values.to_numpy(zero_copy_only=False)

@@ -21,7 +21,8 @@ from .artifact import save_model
 from .checkpoint import LoopState, remove_checkpoint, run_settings, save_checkpoint
 from .checkpoint import resume as resume_state
 from .config import ModelConfig, TrainConfig, as_dict
-from .data import Split, batch_indices, pad_batch, read_split
+from .data import Split, pad_batch
+from .shards import ShardedSplit, open_split
 from .device import resolve_device
 from .errors import SparklstmError
 from .metrics import confusion_matrix, report
@@ -53,22 +54,31 @@ def training_precision(requested: str, device: str) -> str:
 
 
 def predict_split(model, split: Split, *, device: str, batch_size: int = 256) -> np.ndarray:
-    """Predicted class index (N,) for every row of a split."""
-    import torch
-
+    """Predicted class index (N,) for every row of an in-memory split."""
     preds = np.empty(len(split), dtype=np.int64)
-    model.eval()
-    with torch.inference_mode():
-        for rows in batch_indices(split.lengths, batch_size=batch_size, rng=None):
-            x, lengths, _ = pad_batch(split, rows)
-            probs = model.probabilities(model(x.to(device), lengths.to(device)))
-            preds[rows] = probs.argmax(dim=1).cpu().numpy()
+    for part, rows, pred in _predictions(model, split, device=device, batch_size=batch_size):
+        preds[rows] = pred
     return preds
 
 
-def evaluate_split(model, split: Split, labels: list[str], *, device: str) -> dict:
-    preds = predict_split(model, split, device=device)
-    return report(confusion_matrix(split.labels, preds, len(labels)), labels)
+def _predictions(model, split: Split | ShardedSplit, *, device: str, batch_size: int):
+    """(part, rows, predicted class (B,)) per batch, in length order (no shuffling)."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        for part, rows in split.batches(batch_size=batch_size, rng=None):
+            x, lengths, _ = pad_batch(part, rows)
+            probs = model.probabilities(model(x.to(device), lengths.to(device)))
+            yield part, rows, probs.argmax(dim=1).cpu().numpy()
+
+
+def evaluate_split(model, split: Split | ShardedSplit, labels: list[str], *, device: str) -> dict:
+    true, pred = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for part, rows, p in _predictions(model, split, device=device, batch_size=256):
+        true.append(part.labels[rows])
+        pred.append(p)
+    return report(confusion_matrix(np.concatenate(true), np.concatenate(pred), len(labels)), labels)
 
 
 def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | None = None,
@@ -93,10 +103,12 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     tcfg = train_config or TrainConfig()
     vocab, labels, prep_info = load_prepped(prepped)
     max_len = prep_info["settings"]["max_len"]
-    train_split, val_split, test_split = (read_split(Path(prepped) / s) for s in ("train", "val", "test"))
+    # Splits larger than the shuffle buffer are streamed from their Parquet shards (shards.py).
+    train_split, val_split, test_split = (
+        open_split(Path(prepped) / s, buffer_rows=tcfg.shuffle_buffer_rows) for s in ("train", "val", "test"))
     if len(train_split) == 0:
         raise SparklstmError(f"{prepped}: the train split is empty")
-    present = np.unique(train_split.labels)
+    present = train_split.present_labels()
     if len(present) < 2:
         raise SparklstmError(f"{prepped}: the train split has a single class ({labels[present[0]]!r})")
 
@@ -130,13 +142,15 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     bar = _progress(progress)
     with bar:
         for epoch in range(st.epoch + 1, 0 if st.done else tcfg.epochs + 1):
-            batches = batch_indices(train_split.lengths, batch_size=tcfg.batch_size, rng=rng)
-            task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=len(batches), loss=float("nan"),
+            batches = train_split.batches(batch_size=tcfg.batch_size, rng=rng)
+            total = -(-len(train_split) // tcfg.batch_size)  # exact in memory, about right streamed
+            task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=total, loss=float("nan"),
                                 f1=st.best_f1 if st.best_f1 >= 0 else float("nan"))
             model.train()
             started, loss_sum = time.perf_counter(), 0.0
-            for step, rows in enumerate(batches, 1):
-                x, lengths, y = (t.to(device) for t in pad_batch(train_split, rows))
+            step = 0
+            for step, (part, rows) in enumerate(batches, 1):
+                x, lengths, y = (t.to(device) for t in pad_batch(part, rows))
                 with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
                     logits = model(x, lengths)  # bf16 matmuls; weights and optimizer stay fp32
@@ -147,11 +161,11 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
                 optimizer.step()
                 loss_sum += loss.item()
-                st.real_tokens += int(train_split.lengths[rows].sum())
+                st.real_tokens += int(part.lengths[rows].sum())
                 bar.update(task, advance=1, loss=loss_sum / step)
             st.train_seconds += time.perf_counter() - started
             val = evaluate_split(model, select_on, labels, device=device)
-            st.history.append({"epoch": epoch, "train_loss": loss_sum / max(len(batches), 1),
+            st.history.append({"epoch": epoch, "train_loss": loss_sum / max(step, 1),
                                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
             bar.update(task, f1=val["macro_f1"])
             if val["macro_f1"] > st.best_f1:
