@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from sparklstm.config import load_config
+from sparklstm.config import add_score_arguments, score_config_from_args
 from sparklstm.errors import SparklstmError
 from sparklstm.scoring import score
 from sparklstm.session import get_spark
@@ -18,19 +18,12 @@ def main(argv=None) -> int:
     p.add_argument("--input", required=True)
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--text-col")
-    p.add_argument("--pred-col")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--precision", help="fp32 | bf16 | int8")
+    add_score_arguments(p)
     p.add_argument("--format")
-    p.add_argument("--config")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     try:
-        cfg = load_config(path=a.config, overrides={"score": {
-            "text_col": a.text_col, "pred_col": a.pred_col, "batch_size": a.batch_size,
-            "device": a.device, "precision": a.precision}}).score
+        cfg = score_config_from_args(a)
         n = score(get_spark(app_name="sparklstm-score"), input_path=a.input, model_dir=a.model,
                   out=a.out, text_col=cfg.text_col, pred_col=cfg.pred_col,
                   batch_size=cfg.batch_size, device=cfg.device, precision=cfg.precision,

@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from sparklstm.config import load_config
+from sparklstm.config import add_score_arguments, score_config_from_args
 from sparklstm.errors import SparklstmError
 from sparklstm.session import get_spark
 from sparklstm.streaming import TRIGGERS, score_stream
@@ -24,17 +24,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-files-per-trigger", type=int)
     p.add_argument("--schema", help="DDL, e.g. 'id BIGINT, text STRING'")
     p.add_argument("--allow-model-change", action="store_true")
-    p.add_argument("--text-col")
-    p.add_argument("--pred-col")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--precision", help="fp32 | bf16 | int8")
-    p.add_argument("--config")
+    add_score_arguments(p)
     a = p.parse_args(argv)
     try:
-        cfg = load_config(path=a.config, overrides={"score": {
-            "text_col": a.text_col, "pred_col": a.pred_col, "batch_size": a.batch_size,
-            "device": a.device, "precision": a.precision}}).score
+        cfg = score_config_from_args(a)
         summary = score_stream(
             get_spark(app_name="sparklstm-score-stream"), input_dir=a.input, model_dir=a.model,
             out=a.out, checkpoint=a.checkpoint, trigger=a.trigger, interval=a.interval,

@@ -140,3 +140,20 @@ def load_config(*, path: str | Path | None = None, overrides: dict | None = None
 
 def as_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
+
+
+def add_score_arguments(parser) -> None:
+    """The scoring options shared by the spark-submit jobs (jobs/score.py, jobs/score_stream.py)."""
+    parser.add_argument("--text-col")
+    parser.add_argument("--pred-col")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", help="auto | cpu | cuda")
+    parser.add_argument("--precision", help="fp32 | bf16 | int8")
+    parser.add_argument("--config", help="a TOML file (conf/default.toml's layout)")
+
+
+def score_config_from_args(args) -> ScoreConfig:
+    """ScoreConfig from defaults < --config TOML < the job's flags."""
+    return load_config(path=args.config, overrides={"score": {
+        "text_col": args.text_col, "pred_col": args.pred_col, "batch_size": args.batch_size,
+        "device": args.device, "precision": args.precision}}).score
