@@ -68,6 +68,7 @@ class ModelArtifact:
             hidden_size=m["hidden_size"],
             num_layers=m["num_layers"],
             dropout=m["dropout"],
+            pooling=m.get("pooling", "last"),  # artifacts from before pooling read the last state
         )
         try:
             model.load_state_dict(self.state_dict, strict=True)

@@ -122,6 +122,8 @@ def train(
     hidden_size: Annotated[Optional[int], typer.Option()] = None,
     num_layers: Annotated[Optional[int], typer.Option()] = None,
     dropout: Annotated[Optional[float], typer.Option()] = None,
+    pooling: Annotated[Optional[str], typer.Option(
+        help="last | max | mean | concat: what the dense layer reads of the LSTM states.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
     flush_denormal: Annotated[Optional[bool], typer.Option("--flush-denormal/--no-flush-denormal")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (autocast).")] = None,
@@ -142,7 +144,7 @@ def train(
     with guarded():
         cfg = load_config(path=config, overrides={
             "model": dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size,
-                          num_layers=num_layers, dropout=dropout),
+                          num_layers=num_layers, dropout=dropout, pooling=pooling),
             "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
                           device=device, num_threads=threads, flush_denormal=flush_denormal,
                           precision=precision),

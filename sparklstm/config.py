@@ -35,6 +35,7 @@ class ModelConfig:
     hidden_size: int = 128
     num_layers: int = 2
     dropout: float = 0.2  # on the embeddings, between layers and before the dense layer
+    pooling: str = "last"  # last | max | mean | concat (last, max and mean side by side)
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Config:
 
 CHOICES = {
     ("model", "cell"): ("lstm", "peephole", "gru"),
+    ("model", "pooling"): ("last", "max", "mean", "concat"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "precision"): ("auto", "fp32", "bf16"),
     ("score", "device"): ("auto", "cpu", "cuda"),

@@ -7,8 +7,10 @@ Three cells share one classifier:
                  hand-written backward through time (``sparklstm/peephole.py``).
 * ``gru``      : ``nn.GRU``.
 
-Padding never changes a prediction: the layers are unidirectional and the classifier reads each
-sequence's hidden state at its last real token, so steps after it (padding) are never looked at.
+Padding never changes a prediction: the layers are unidirectional, and the classifier reads the
+states of each sequence's real tokens only -- the state at its last real token (``pooling="last"``),
+their element-wise maximum or mean (``"max"``, ``"mean"``), or all three side by side
+(``"concat"``) -- so steps after the last real token (padding) are never looked at.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from sparklstm.peephole import peephole_layer_time_major
 
 CELLS = ("lstm", "peephole", "gru")
+POOLINGS = ("last", "max", "mean", "concat")
 
 
 class PeepholeLSTM(nn.Module):
@@ -118,10 +121,14 @@ class LSTMClassifier(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 2,
         dropout: float = 0.2,
+        pooling: str = "last",
     ):
         super().__init__()
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         if num_classes < 2:
             raise ValueError("a classifier needs at least 2 classes")
         self.num_classes = num_classes
@@ -134,18 +141,34 @@ class LSTMClassifier(nn.Module):
             self.rnn = nn.GRU(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
         else:
             self.rnn = StackedPeepholeLSTM(embed_dim, hidden_size, num_layers, between)
-        self.head = nn.Linear(hidden_size, 1 if num_classes == 2 else num_classes)
+        features = 3 * hidden_size if pooling == "concat" else hidden_size
+        self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: (B, T) right-padded with 0; lengths: (B,) real tokens per row, >= 1
         x = self.dropout(self.embedding(ids))  # (B, T, E)
         out = self.rnn(x)
         out = out[0] if isinstance(out, tuple) else out  # (B, T, H)
-        # The state at each row's last real token; padding after it is never read.
-        # (pack_padded_sequence would do the same but leaves the fast oneDNN path on CPU.)
-        last = (lengths.to(out.device) - 1).clamp(min=0)
-        h = out[torch.arange(out.shape[0], device=out.device), last]  # (B, H)
-        return self.head(self.dropout(h))  # (B, 1) or (B, C)
+        return self.head(self.dropout(self.pool(out, lengths)))  # (B, 1) or (B, C)
+
+    def pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) states -> (B, H) features (B, 3H for concat) from real steps only.
+
+        (pack_padded_sequence would also skip padding but leaves the fast oneDNN path on CPU.)
+        """
+        lengths = lengths.to(out.device)
+        parts = []
+        if self.pooling in ("last", "concat"):
+            last = (lengths - 1).clamp(min=0)
+            parts.append(out[torch.arange(out.shape[0], device=out.device), last])  # (B, H)
+        if self.pooling != "last":
+            real = torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None]  # (B, T)
+            if self.pooling in ("max", "concat"):
+                parts.append(out.masked_fill(~real[..., None], float("-inf")).amax(dim=1))
+            if self.pooling in ("mean", "concat"):
+                summed = (out * real[..., None].to(out.dtype)).sum(dim=1)  # (B, H)
+                parts.append(summed / lengths.clamp(min=1)[:, None].to(out.dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C) from logits, for both the sigmoid and the softmax head."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparklstm.model import CELLS, LSTMClassifier, PeepholeLSTM
+from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -116,10 +116,11 @@ def test_peephole_gradcheck():
 VOCAB = 50
 
 
-def _classifier(cell: str, num_classes: int, *, seed: int = 0, dropout: float = 0.3):
+def _classifier(cell: str, num_classes: int, *, seed: int = 0, dropout: float = 0.3,
+                pooling: str = "last"):
     torch.manual_seed(seed)
     return LSTMClassifier(vocab_size=VOCAB, num_classes=num_classes, cell=cell, embed_dim=8,
-                          hidden_size=12, num_layers=2, dropout=dropout)
+                          hidden_size=12, num_layers=2, dropout=dropout, pooling=pooling)
 
 
 def _batch(lengths, *, seed: int = 0):
@@ -149,11 +150,12 @@ def test_classifier_output_shape_and_probabilities(cell, num_classes):
         torch.testing.assert_close(probs[:, 1], torch.sigmoid(logits[:, 0]))
 
 
+@pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_classes", [2, 4])
-def test_classifier_padding_invariance(cell, num_classes):
+def test_classifier_padding_invariance(cell, num_classes, pooling):
     """In eval mode a row's logits are the same alone and right-padded inside a longer batch."""
-    model = _classifier(cell, num_classes).eval()
+    model = _classifier(cell, num_classes, pooling=pooling).eval()
     ids, lengths = _batch([3, 11, 7, 16, 1], seed=1)
     with torch.no_grad():
         together = model(ids, lengths)
@@ -165,10 +167,11 @@ def test_classifier_padding_invariance(cell, num_classes):
         torch.testing.assert_close(model(wider, lengths), together, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", POOLINGS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_classifier_padding_tokens_are_never_read(cell):
+def test_classifier_padding_tokens_are_never_read(cell, pooling):
     """Changing the ids after a row's length (padding positions) does not change its logits."""
-    model = _classifier(cell, 3).eval()
+    model = _classifier(cell, 3, pooling=pooling).eval()
     ids, lengths = _batch([4, 10], seed=2)
     garbage = ids.clone()
     garbage[0, 4:] = torch.arange(2, 8)  # real-looking tokens where padding was
