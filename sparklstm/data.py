@@ -30,8 +30,9 @@ class Split:
         for rows in batch_indices(self.lengths, batch_size=batch_size, rng=rng):
             yield self, rows
 
-    def present_labels(self) -> np.ndarray:
-        return np.unique(self.labels)
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        """(C,) rows per label id."""
+        return np.bincount(self.labels, minlength=num_classes)
 
 
 def read_split(path: str | Path) -> Split:

@@ -100,15 +100,15 @@ class ShardedSplit:
             for rows in batch_indices(block.lengths, batch_size=batch_size, rng=rng):
                 yield block, rows
 
-    def present_labels(self) -> np.ndarray:
-        """The label ids that occur, read shard by shard from the label column only."""
+    def label_counts(self, num_classes: int) -> np.ndarray:
+        """(C,) rows per label id, read shard by shard from the label column only."""
         import pyarrow.parquet as pq
 
-        seen: set[int] = set()
+        counts = np.zeros(num_classes, dtype=np.int64)
         for file, group, _ in self.shards:
             col = pq.ParquetFile(file).read_row_group(group, columns=["label_id"]).column("label_id")
-            seen.update(np.unique(col.to_numpy()).tolist())
-        return np.array(sorted(seen), dtype=np.int64)
+            counts += np.bincount(col.to_numpy(), minlength=num_classes)
+        return counts
 
 
 def open_split(path: str | Path, *, buffer_rows: int) -> Split | ShardedSplit:

@@ -10,6 +10,7 @@ interrupted run to the same result; a run that finishes removes its checkpoint.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from pathlib import Path
@@ -51,6 +52,13 @@ def training_precision(requested: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+
+
+def lr_at(tcfg: TrainConfig, progress: float) -> float:
+    """The learning rate at ``progress`` (0 = first step, 1 = end of the last epoch)."""
+    if tcfg.lr_schedule == "cosine":
+        return tcfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return tcfg.lr
 
 
 def predict_split(model, split: Split, *, device: str, batch_size: int = 256) -> np.ndarray:
@@ -108,7 +116,8 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         open_split(Path(prepped) / s, buffer_rows=tcfg.shuffle_buffer_rows) for s in ("train", "val", "test"))
     if len(train_split) == 0:
         raise SparklstmError(f"{prepped}: the train split is empty")
-    present = train_split.present_labels()
+    counts = train_split.label_counts(len(labels))  # (C,)
+    present = np.flatnonzero(counts)
     if len(present) < 2:
         raise SparklstmError(f"{prepped}: the train split has a single class ({labels[present[0]]!r})")
 
@@ -127,6 +136,10 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
 
     model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(mcfg)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    class_weight = None
+    if tcfg.class_weights == "balanced":  # (C,) n / (C * n_c) over the classes present
+        balanced = np.where(counts > 0, counts.sum() / (len(present) * np.maximum(counts, 1)), 0.0)
+        class_weight = torch.tensor(balanced, dtype=torch.float32, device=device)
     has_val = len(val_split) > 0
     select_on = val_split if has_val else train_split  # no val split: select on train (logged)
     if not has_val:
@@ -144,6 +157,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         for epoch in range(st.epoch + 1, 0 if st.done else tcfg.epochs + 1):
             batches = train_split.batches(batch_size=tcfg.batch_size, rng=rng)
             total = -(-len(train_split) // tcfg.batch_size)  # exact in memory, about right streamed
+            steps_done = (epoch - 1) * total  # the schedule's position; the same after --resume
             task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=total, loss=float("nan"),
                                 f1=st.best_f1 if st.best_f1 >= 0 else float("nan"))
             model.train()
@@ -154,11 +168,13 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
                     logits = model(x, lengths)  # bf16 matmuls; weights and optimizer stay fp32
-                loss = model.loss(logits, y)  # the loss is computed in fp32
+                loss = model.loss(logits, y, weight=class_weight)  # the loss is computed in fp32
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(tcfg, (steps_done + step - 1) / (tcfg.epochs * total))
                 optimizer.step()
                 loss_sum += loss.item()
                 st.real_tokens += int(part.lengths[rows].sum())
