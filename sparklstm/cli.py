@@ -115,6 +115,8 @@ def train(
     epochs: Annotated[Optional[int], typer.Option()] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="constant | cosine (to 0 over all epochs).")] = None,
+    class_weights: Annotated[Optional[str], typer.Option(help="none | balanced (rare classes weigh more).")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience in epochs.")] = None,
     seed: Annotated[Optional[int], typer.Option()] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda.")] = None,
@@ -145,7 +147,8 @@ def train(
         cfg = load_config(path=config, overrides={
             "model": dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size,
                           num_layers=num_layers, dropout=dropout, pooling=pooling),
-            "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed,
+            "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+                          class_weights=class_weights, patience=patience, seed=seed,
                           device=device, num_threads=threads, flush_denormal=flush_denormal,
                           precision=precision),
         })

@@ -276,6 +276,22 @@ def test_train_bad_cell(chain, work, tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize("flag, value, key", [("--pooling", "attention", "[model] pooling"),
+                                              ("--lr-schedule", "linear", "[train] lr_schedule"),
+                                              ("--class-weights", "inverse", "[train] class_weights")])
+def test_train_bad_tuning_choice(chain, work, tmp_path, flag, value, key):
+    clean_error(invoke(["train", work["base"] / "prepped", "--out", tmp_path / "m", flag, value]),
+                contains=f"config {key}: {value!r} is not one of")
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_train_tuning_options_reach_the_model(chain, work, tmp_path):
+    out = tmp_path / "m"
+    ok(invoke(["train", work["base"] / "prepped", "--out", out, "--pooling", "max",
+               "--lr-schedule", "cosine", "--class-weights", "balanced", *TINY]))
+    assert json.loads((out / "config.json").read_text())["model"]["pooling"] == "max"
+
+
 def test_train_output_exists(chain, work):
     model = work["base"] / "model"
     before = (model / "model.safetensors").read_bytes()
