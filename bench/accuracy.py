@@ -178,14 +178,17 @@ def run_corpus(spark, name: str, cfg, *, limit: int | None, workdir: Path,
     }
 
 
-SYSTEM_NAMES = {"sparklstm": "sparklstm (defaults)", "tfidf_lr": "TF-IDF 1-2g + LR",
+SYSTEM_NAMES = {"sparklstm": "sparklstm", "tfidf_lr": "TF-IDF 1-2g + LR",
                 "tfidf_lr_head": "TF-IDF 1-2g + LR, first max_len tokens"}
 
 
 def print_table(results: dict) -> None:
     head = (f"{'corpus':<6} {'system':<40} {'test macro-F1':>13} {'test acc':>8} "
             f"{'train wall s':>12}  notes")
-    print("\n" + head + "\n" + "-" * len(head))
+    tuned = " ".join([f"--train-conf {results['train_conf']}"] * bool(results["train_conf"])
+                     + [f"--set {x}" for x in results["overrides"]])
+    print(f"\nsparklstm settings: {tuned or 'the defaults'}")
+    print(head + "\n" + "-" * len(head))
     for name, r in results["corpora"].items():
         for key, s in r["systems"].items():
             if key == "sparklstm":
