@@ -73,13 +73,17 @@ def _count_partition(lowercase: bool, max_len: int):
                 acc[2] += int(g["truncated"].sum())
         if dropped:
             per_class[(None, None)] = [dropped, 0, 0]
+        # Explicit dtypes: an empty partition would otherwise give float64 columns, which Arrow
+        # cannot convert to the string schema.
+        strings = lambda values: pd.Series(values, dtype=object)  # noqa: E731
+        longs = lambda values: pd.Series(values, dtype="int64")  # noqa: E731
         yield pd.DataFrame({
-            "token": list(vocab) + [None] * len(per_class),
-            "split": [None] * len(vocab) + [k[0] for k in per_class],
-            "label": [None] * len(vocab) + [k[1] for k in per_class],
-            "n": list(vocab.values()) + [v[0] for v in per_class.values()],
-            "tokens": [0] * len(vocab) + [v[1] for v in per_class.values()],
-            "truncated": [0] * len(vocab) + [v[2] for v in per_class.values()],
+            "token": strings(list(vocab) + [None] * len(per_class)),
+            "split": strings([None] * len(vocab) + [k[0] for k in per_class]),
+            "label": strings([None] * len(vocab) + [k[1] for k in per_class]),
+            "n": longs(list(vocab.values()) + [v[0] for v in per_class.values()]),
+            "tokens": longs([0] * len(vocab) + [v[1] for v in per_class.values()]),
+            "truncated": longs([0] * len(vocab) + [v[2] for v in per_class.values()]),
         })
 
     return count

@@ -527,3 +527,31 @@ def test_output_path_is_an_existing_file(spark, small_src, tmp_path):
     msg = prep_error(spark, small_src, out)
     assert str(out) in msg
     assert out.read_text() == "a file"
+
+
+def test_an_empty_partition_counts_nothing_and_converts_to_the_schema(spark):
+    """BUG (0eadbcf): an empty partition gave float64 columns, which Spark could not convert to
+    the string schema ("Cannot convert ChunkedArray")."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from sparklstm.prep import _COUNTS_SCHEMA, _count_partition
+
+    rows = spark.createDataFrame([("a b a", "x", "train")], "text string, label string, split string")
+    counted = rows.repartition(3).mapInPandas(_count_partition(True, 8), _COUNTS_SCHEMA).collect()
+    assert sorted((r["token"], r["n"]) for r in counted if r["token"]) == [("a", 2), ("b", 1)]
+
+    schema = pa.schema([("token", pa.string()), ("split", pa.string()), ("label", pa.string()),
+                        ("n", pa.int64()), ("tokens", pa.int64()), ("truncated", pa.int64())])
+    empty = pd.DataFrame({"text": pd.Series([], dtype=object), "label": pd.Series([], dtype=object),
+                          "split": pd.Series([], dtype=object)})
+    for batches in ([], [empty]):
+        out = next(_count_partition(True, 8)(iter(batches)))
+        assert len(out) == 0
+        assert pa.Table.from_pandas(out, schema=schema, preserve_index=False).num_rows == 0
+    one = pd.DataFrame({"text": ["a b a", None], "label": ["x", "y"], "split": ["train", "val"]})
+    table = pa.Table.from_pandas(next(_count_partition(True, 8)(iter([one]))), schema=schema,
+                                 preserve_index=False).to_pylist()
+    assert {(r["token"], r["n"]) for r in table if r["token"]} == {("a", 2), ("b", 1)}
+    assert {(r["split"], r["label"], r["n"], r["tokens"]) for r in table if not r["token"]} == {
+        ("train", "x", 1, 3), (None, None, 1, 0)}
