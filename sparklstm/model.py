@@ -121,7 +121,7 @@ class LSTMClassifier(nn.Module):
         hidden_size: int = 128,
         num_layers: int = 2,
         dropout: float = 0.2,
-        pooling: str = "last",
+        pooling: str = "concat",
     ):
         super().__init__()
         if cell not in CELLS:

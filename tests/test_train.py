@@ -82,4 +82,4 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     assert lr_at(cfg, 0.0) == pytest.approx(2e-3)
     assert lr_at(cfg, 0.5) == pytest.approx(1e-3)
     assert lr_at(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(TrainConfig(lr=2e-3), 0.7) == 2e-3
+    assert lr_at(TrainConfig(lr=2e-3, lr_schedule="constant"), 0.7) == 2e-3
