@@ -218,3 +218,24 @@ def test_classifier_rejects_bad_arguments():
         LSTMClassifier(vocab_size=10, num_classes=2, cell="transformer")
     with pytest.raises(ValueError, match="2 classes"):
         LSTMClassifier(vocab_size=10, num_classes=1)
+
+
+@pytest.mark.parametrize("mode", ["locked", "element"])
+def test_embedding_dropout_mask_is_locked_per_sequence(mode):
+    """Training: the default (locked) drops the same embedding units at every step of a sequence
+    (one (B, 1, E) mask); element drops each (b, t, e) independently. Eval: no dropout at all."""
+    torch.manual_seed(0)
+    model = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=16, hidden_size=8, dropout=0.5,
+                           embed_dropout=mode)
+    seen = []
+    model.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    ids = torch.full((3, 12), 5)  # the same token at every step
+    model.train()
+    model(ids, torch.full((3,), 12))
+    x = seen[-1]  # (B, T, E) as the LSTM receives it
+    same_over_time = bool((x == x[:, :1]).all())
+    assert same_over_time == (mode == "locked")
+    assert 0 < (x == 0).float().mean() < 1  # some units dropped, not all
+    model.eval()
+    model(ids, torch.full((3,), 12))
+    torch.testing.assert_close(seen[-1], model.embedding(ids))

@@ -368,8 +368,9 @@ def test_evaluate_scored_equals_recomputation(spark, scored, tmp_path):
     assert result["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-12)
     assert result["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-12)
     assert result["n"] == expected["n"] == 200
-    # 20 labels were flipped on purpose: the model (which is right on clean texts) can't beat 0.9
-    assert 0.8 <= result["accuracy"] <= 0.9
+    # 20 of 200 labels were flipped on purpose: about 0.9 at best (a little more only where the
+    # small model's rare mistake happens to match a flipped label, as it did once: 0.905)
+    assert 0.8 <= result["accuracy"] <= 0.92
     cm = np.array(result["confusion_matrix"])
     assert cm.sum() == 200 and cm.shape == (3, 3)
     assert result["labels"] == ["food", "sports", "tech"]
