@@ -151,7 +151,7 @@ class LSTMClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: (B, T) right-padded with 0; lengths: (B,) real tokens per row, >= 1
         x = self.embedding(ids)  # (B, T, E)
-        if self.training and self.dropout.p > 0 and self.embed_dropout == "element":
+        if self.embed_dropout == "element":
             x = self.dropout(x)  # a mask per element: B*T*E Bernoulli samples
         elif self.training and self.dropout.p > 0:
             # Locked (variational) dropout: one mask per sequence, shared by every step, as
