@@ -69,6 +69,8 @@ class ModelArtifact:
             num_layers=m["num_layers"],
             dropout=m["dropout"],
             pooling=m.get("pooling", "last"),  # artifacts from before pooling read the last state
+            bidirectional=m.get("bidirectional", False),
+            bag_of_embeddings=m.get("bag_of_embeddings", False),
         )
         try:
             model.load_state_dict(self.state_dict, strict=True)

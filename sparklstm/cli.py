@@ -126,6 +126,12 @@ def train(
     dropout: Annotated[Optional[float], typer.Option()] = None,
     pooling: Annotated[Optional[str], typer.Option(
         help="last | max | mean | concat: what the dense layer reads of the LSTM states.")] = None,
+    bidirectional: Annotated[Optional[bool], typer.Option(
+        "--bidirectional/--no-bidirectional",
+        help="Add a second stack that reads each text backwards (padding stays unread).")] = None,
+    bag_of_embeddings: Annotated[Optional[bool], typer.Option(
+        "--bag-of-embeddings/--no-bag-of-embeddings",
+        help="Feed the mean of the token embeddings to the dense layer too.")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
     flush_denormal: Annotated[Optional[bool], typer.Option("--flush-denormal/--no-flush-denormal")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (autocast).")] = None,
@@ -146,7 +152,8 @@ def train(
     with guarded():
         cfg = load_config(path=config, overrides={
             "model": dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size,
-                          num_layers=num_layers, dropout=dropout, pooling=pooling),
+                          num_layers=num_layers, dropout=dropout, pooling=pooling,
+                          bidirectional=bidirectional, bag_of_embeddings=bag_of_embeddings),
             "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                           class_weights=class_weights, patience=patience, seed=seed,
                           device=device, num_threads=threads, flush_denormal=flush_denormal,

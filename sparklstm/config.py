@@ -38,6 +38,8 @@ class ModelConfig:
     # last | max | mean | concat (last, max and mean side by side). concat measured best on the
     # many-class corpus (README, "Accuracy on real data") and within noise on spam.
     pooling: str = "concat"
+    bidirectional: bool = False  # a second stack reads each row's real tokens backwards
+    bag_of_embeddings: bool = False  # the mean of the token embeddings joins the pooled states
 
 
 @dataclass

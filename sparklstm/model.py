@@ -15,6 +15,7 @@ their element-wise maximum or mean (``"max"``, ``"mean"``), or all three side by
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -98,6 +99,18 @@ class StackedPeepholeLSTM(nn.Module):
         return x.transpose(0, 1)
 
 
+def reverse_rows(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first ``lengths[b]`` steps in reverse order, padding (zeros) kept after them.
+
+    x: (B, T, E) right-padded; returns (B, T, E) with out[b, t] = x[b, lengths[b] - 1 - t].
+    """
+    steps = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
+    lengths = lengths.to(x.device)[:, None]  # (B, 1)
+    src = (lengths - 1 - steps).clamp(min=0)  # (B, T)
+    out = x.gather(1, src[..., None].expand(-1, -1, x.shape[2]))
+    return out * (steps < lengths)[..., None].to(x.dtype)
+
+
 class LSTMClassifier(nn.Module):
     """Embedding(vocab, E) -> ``num_layers`` x recurrent(H) -> Dense.
 
@@ -123,6 +136,8 @@ class LSTMClassifier(nn.Module):
         dropout: float = 0.2,
         pooling: str = "concat",
         embed_dropout: str = "locked",
+        bidirectional: bool = False,
+        bag_of_embeddings: bool = False,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -145,7 +160,17 @@ class LSTMClassifier(nn.Module):
             self.rnn = nn.GRU(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
         else:
             self.rnn = StackedPeepholeLSTM(embed_dim, hidden_size, num_layers, between)
-        features = 3 * hidden_size if pooling == "concat" else hidden_size
+        # bidirectional: a second stack reads each row's real tokens last-to-first. Reversing per
+        # row (not nn.LSTM(bidirectional=True), which reads the padding first) keeps padding unread.
+        self.rnn_reverse = copy.deepcopy(self.rnn) if bidirectional else None
+        if bidirectional:
+            for p in self.rnn_reverse.parameters():  # its own initialisation, not a copy's
+                nn.init.uniform_(p, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+        # bag_of_embeddings: the mean of the real tokens' embeddings joins the pooled states, a
+        # fastText-style linear path from words to classes beside the recurrent one.
+        self.bag_of_embeddings = bag_of_embeddings
+        features = (3 * hidden_size if pooling == "concat" else hidden_size) * (2 if bidirectional else 1)
+        features += embed_dim if bag_of_embeddings else 0
         self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -159,9 +184,20 @@ class LSTMClassifier(nn.Module):
             # took ~11% of a CPU training step; this draws B*E.
             keep = 1.0 - self.dropout.p
             x = x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep).div_(keep)  # (B, 1, E)
-        out = self.rnn(x)
-        out = out[0] if isinstance(out, tuple) else out  # (B, T, H)
-        return self.head(self.dropout(self.pool(out, lengths)))  # (B, 1) or (B, C)
+        parts = [self.pool(self._run(self.rnn, x), lengths)]  # (B, H) or (B, 3H)
+        if self.rnn_reverse is not None:
+            parts.append(self.pool(self._run(self.rnn_reverse, reverse_rows(x, lengths)), lengths))
+        if self.bag_of_embeddings:
+            real = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])
+            summed = (x * real[..., None].to(x.dtype)).sum(dim=1)  # (B, E)
+            parts.append(summed / lengths.to(x.device).clamp(min=1)[:, None].to(x.dtype))
+        features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return self.head(self.dropout(features))  # (B, 1) or (B, C)
+
+    @staticmethod
+    def _run(rnn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        out = rnn(x)
+        return out[0] if isinstance(out, tuple) else out  # (B, T, H)
 
     def pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, H) states -> (B, H) features (B, 3H for concat) from real steps only.

@@ -288,8 +288,15 @@ def test_train_bad_tuning_choice(chain, work, tmp_path, flag, value, key):
 def test_cli_train_tuning_options_reach_the_model(chain, work, tmp_path):
     out = tmp_path / "m"
     ok(invoke(["train", work["base"] / "prepped", "--out", out, "--pooling", "max",
-               "--lr-schedule", "cosine", "--class-weights", "balanced", *TINY]))
-    assert json.loads((out / "config.json").read_text())["model"]["pooling"] == "max"
+               "--lr-schedule", "cosine", "--class-weights", "balanced", "--bidirectional",
+               "--bag-of-embeddings", *TINY]))
+    model = json.loads((out / "config.json").read_text())["model"]
+    assert (model["pooling"], model["bidirectional"], model["bag_of_embeddings"]) == ("max", True, True)
+    from sparklstm.predictor import Predictor
+
+    loaded = Predictor.from_dir(out)  # the saved weights include the reverse stack's
+    assert loaded.model.rnn_reverse is not None and loaded.model.bag_of_embeddings
+    assert len(loaded.predict(["free money now", "meeting at noon"])) == 2
 
 
 def test_train_output_exists(chain, work):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM
+from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM, reverse_rows
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -239,3 +239,54 @@ def test_embedding_dropout_mask_is_locked_per_sequence(mode):
     model.eval()
     model(ids, torch.full((3,), 12))
     torch.testing.assert_close(seen[-1], model.embedding(ids))
+
+
+def test_reverse_rows_reverses_real_steps_and_keeps_padding_after_them():
+    x = torch.arange(1.0, 7.0).view(1, 6, 1).repeat(3, 1, 1)  # (3, 6, 1): 1..6 in every row
+    out = reverse_rows(x, torch.tensor([4, 6, 1]))[..., 0]
+    assert out.tolist() == [[4, 3, 2, 1, 0, 0], [6, 5, 4, 3, 2, 1], [1, 0, 0, 0, 0, 0]]
+
+
+OPTIONS = [{"bidirectional": True}, {"bag_of_embeddings": True},
+           {"bidirectional": True, "bag_of_embeddings": True}]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "+".join(o))
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_and_bag_of_embeddings_never_read_padding(cell, options):
+    """Both options keep the padding contract: a row alone, inside a wider batch, or with garbage
+    where its padding was, gives the same logits."""
+    torch.manual_seed(0)
+    model = LSTMClassifier(vocab_size=VOCAB, num_classes=3, cell=cell, embed_dim=8, hidden_size=12,
+                           **options).eval()
+    ids, lengths = _batch([3, 11, 1, 7], seed=4)
+    with torch.no_grad():
+        together = model(ids, lengths)
+        for r, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(model(ids[r:r + 1, :n], lengths[r:r + 1]), together[r:r + 1],
+                                       rtol=0, atol=1e-5)
+        garbage = torch.cat([ids, torch.zeros(4, 3, dtype=torch.long)], dim=1)
+        garbage[0, 3:] = 7
+        torch.testing.assert_close(model(garbage, lengths), together, rtol=0, atol=1e-5)
+
+
+def test_bidirectional_reverse_stack_reads_each_row_backwards():
+    """The second stack's features are those of a forward stack run on the reversed tokens."""
+    torch.manual_seed(0)
+    model = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=8, hidden_size=12,
+                           bidirectional=True, pooling="last").eval()
+    ids, lengths = _batch([5, 2], seed=5)
+    seen = []
+    model.rnn_reverse.register_forward_hook(lambda module, args, out: seen.append(args[0]))
+    with torch.no_grad():
+        model(ids, lengths)
+        for r, n in enumerate(lengths.tolist()):
+            backwards = model.embedding(ids[r, :n].flip(0))  # (n, E)
+            torch.testing.assert_close(seen[0][r, :n], backwards)
+            assert (seen[0][r, n:] == 0).all()
+    assert set(model.rnn_reverse.state_dict()) == set(model.rnn.state_dict())
+    assert not torch.equal(model.rnn_reverse.weight_hh_l0, model.rnn.weight_hh_l0)  # own weights
+    assert model.head.in_features == 2 * 12
+    both = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=8, hidden_size=12,
+                          bidirectional=True, bag_of_embeddings=True)
+    assert both.head.in_features == 2 * 3 * 12 + 8  # concat pooling per direction + mean embedding
