@@ -38,7 +38,9 @@ class ModelConfig:
     # last | max | mean | concat (last, max and mean side by side). concat measured best on the
     # many-class corpus (README, "Accuracy on real data") and within noise on spam.
     pooling: str = "concat"
-    bidirectional: bool = False  # a second stack reads each row's real tokens backwards
+    # A second stack reads each row's real tokens backwards: +2.3 points of macro-F1 on the
+    # 9-class corpus, +1.5 on spam (README, "Accuracy on real data"), at twice the compute.
+    bidirectional: bool = True
     bag_of_embeddings: bool = False  # the mean of the token embeddings joins the pooled states
 
 

@@ -7,10 +7,12 @@ Three cells share one classifier:
                  hand-written backward through time (``sparklstm/peephole.py``).
 * ``gru``      : ``nn.GRU``.
 
-Padding never changes a prediction: the layers are unidirectional, and the classifier reads the
-states of each sequence's real tokens only -- the state at its last real token (``pooling="last"``),
-their element-wise maximum or mean (``"max"``, ``"mean"``), or all three side by side
-(``"concat"``) -- so steps after the last real token (padding) are never looked at.
+Padding never changes a prediction: each stack is unidirectional over right-padded rows (the
+``bidirectional`` one reads each row's real tokens last-to-first, padding still after them), and
+the classifier reads the states of each sequence's real tokens only -- the state at its last real
+token (``pooling="last"``), their element-wise maximum or mean (``"max"``, ``"mean"``), or all
+three side by side (``"concat"``) -- so steps after the last real token (padding) are never
+looked at.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ class LSTMClassifier(nn.Module):
         dropout: float = 0.2,
         pooling: str = "concat",
         embed_dropout: str = "locked",
-        bidirectional: bool = False,
+        bidirectional: bool = True,
         bag_of_embeddings: bool = False,
     ):
         super().__init__()

@@ -6,16 +6,20 @@ Steps, all distributed (the driver only ever collects the vocabulary, the label 
 2. split by a seeded hash of the text: identical texts always land in the same split, a text's
    split never changes when the corpus grows, and each label is split in the same proportions
    in expectation
-3. pass 1 (``mapInPandas``): tokenize with ``text.tokenize`` (the same function training and
-   scoring use) and count, per partition, the tokens of the *train* split (so val/test never leak
-   into the vocabulary) and the rows and tokens per (split, label); Spark sums the partial counts
-   and keeps tokens with count >= min_freq, the most frequent max_vocab - 2
-4. pass 2 (pandas UDF): tokenize again and encode to ids (truncated to max_len); one partitioned
-   write gives ``train/``, ``val/``, ``test/`` Parquet with ``ids: array<int>, label_id: int,
-   label: string``, plus vocab.json, labels.json, prep.json.
+3. pass 1 (``mapInArrow``, ``sparklstm/local_ids.py``): tokenize each text once with
+   ``text.tokenize`` (the same function training and scoring use) into partition-local token ids,
+   and count, per partition, the tokens of the *train* split (so val/test never leak into the
+   vocabulary) and the rows and tokens per (split, label); the output is persisted. Spark sums
+   the partial counts and keeps tokens with count >= min_freq, the most frequent max_vocab - 2
+4. pass 2 (``mapInArrow`` over the persisted pass 1): local ids -> vocabulary ids with a numpy
+   take (truncated to max_len in pass 1); one partitioned write gives ``train/``, ``val/``,
+   ``test/`` Parquet with ``ids: array<int>, label_id: int, label: string``, plus vocab.json,
+   labels.json, prep.json.
 
-Tokenizing twice is cheaper than the alternative: shipping every token string from Python to the
-JVM, caching it, and back to Python to encode was 2.5x slower end to end (bench/prep.py).
+Each text is tokenized once. Shipping every token *string* Python -> JVM -> Python was 2.5x
+slower end to end; tokenizing twice (pass 2 re-reading the input) was 0.79x of a single-process
+loop; local ids move one int per token and one string per distinct token per partition
+(bench/prep.py, README).
 """
 
 
@@ -27,81 +31,13 @@ from pathlib import Path
 from .config import PrepConfig, as_dict
 from .errors import SparklstmError
 from .tables import first_line, is_empty, read_table, require_columns, spark_errors
-from .text import Vocab, tokenize
+from .local_ids import (KIND_COUNT, KIND_DICT, KIND_ROW, KIND_STATS, PASS1_SCHEMA, PASS2_SCHEMA,
+                        remap_partition, tokenize_partition)
+from .text import Vocab
 
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 10_000  # more distinct labels than this is almost surely the wrong column
 _BUCKETS = 1_000_000
-
-
-_COUNTS_SCHEMA = "token string, split string, label string, n long, tokens long, truncated long"
-
-
-def _count_partition(lowercase: bool, max_len: int):
-    """mapInPandas function: one partition's partial counts, emitted once at its end.
-
-    Rows out: ``(token, null, null, count, 0, 0)`` per distinct train token (first max_len tokens
-    only: those compete for vocabulary slots), and ``(null, split, label, rows, tokens,
-    truncated)`` per split and label; rows prep drops (null text or label, no tokens) are counted
-    under split and label null.
-    """
-    from collections import Counter
-
-    import numpy as np
-    import pandas as pd
-
-    def count(batches):
-        vocab = Counter()
-        per_class = {}  # (split, label) -> [rows, tokens, truncated]
-        dropped = 0
-        for df in batches:
-            ok = (df["text"].notna() & df["label"].notna()).to_numpy()
-            dropped += int((~ok).sum())
-            df = df[ok]
-            tokens = [tokenize(t, lowercase=lowercase) for t in df["text"].tolist()]
-            n = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))  # (rows,)
-            for ts, split in zip(tokens, df["split"].tolist()):
-                if split == "train":  # Counter.update on a list runs in C
-                    vocab.update(ts if len(ts) <= max_len else ts[:max_len])
-            dropped += int((n == 0).sum())
-            kept = pd.DataFrame({"split": df["split"].to_numpy(), "label": df["label"].to_numpy(),
-                                 "tokens": n, "truncated": n > max_len})[n > 0]
-            for (split, label), g in kept.groupby(["split", "label"], sort=False):
-                acc = per_class.setdefault((split, label), [0, 0, 0])
-                acc[0] += len(g)
-                acc[1] += int(g["tokens"].sum())
-                acc[2] += int(g["truncated"].sum())
-        if dropped:
-            per_class[(None, None)] = [dropped, 0, 0]
-        # Explicit dtypes: an empty partition would otherwise give float64 columns, which Arrow
-        # cannot convert to the string schema.
-        strings = lambda values: pd.Series(values, dtype=object)  # noqa: E731
-        longs = lambda values: pd.Series(values, dtype="int64")  # noqa: E731
-        yield pd.DataFrame({
-            "token": strings(list(vocab) + [None] * len(per_class)),
-            "split": strings([None] * len(vocab) + [k[0] for k in per_class]),
-            "label": strings([None] * len(vocab) + [k[1] for k in per_class]),
-            "n": longs(list(vocab.values()) + [v[0] for v in per_class.values()]),
-            "tokens": longs([0] * len(vocab) + [v[1] for v in per_class.values()]),
-            "truncated": longs([0] * len(vocab) + [v[2] for v in per_class.values()]),
-        })
-
-    return count
-
-
-def _encode_udf(vocab_bc, max_len: int):
-    import pandas as pd
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf("array<int>")
-    def encode(texts: pd.Series) -> pd.Series:
-        vocab = vocab_bc.value
-        # Python lists convert to Arrow ~2x faster than a Series of numpy arrays.
-        return pd.Series([vocab.encode(t, max_len=max_len).tolist() for t in texts.tolist()])
-
-    # Nondeterministic only so that Spark evaluates it once: prep filters on its output, and for a
-    # deterministic UDF the optimizer pushes that filter below the projection, running it twice.
-    return encode.asNondeterministic()
 
 
 def _write_splits(encoded, out: Path) -> None:
@@ -163,9 +99,11 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
             F.col(cfg.text_col).alias("text"),
             F.col(cfg.label_col).cast("string").alias("label"),
         ).withColumn("split", split)
-        partial = (rows.mapInPandas(_count_partition(cfg.lowercase, cfg.max_len), _COUNTS_SCHEMA)
+        # Pass 1: tokenized once, into partition-local ids (sparklstm/local_ids.py), persisted
+        # for pass 2. Spilled to disk when it does not fit in memory.
+        partial = (rows.mapInArrow(tokenize_partition(cfg.lowercase, cfg.max_len), PASS1_SCHEMA)
                    .persist(StorageLevel.MEMORY_AND_DISK))
-        stats = (partial.where(F.col("token").isNull())
+        stats = (partial.where(F.col("kind") == KIND_STATS)
                  .groupBy("split", "label")
                  .agg(F.sum("n").alias("n"), F.sum("tokens").alias("tokens"),
                       F.sum("truncated").alias("truncated"))
@@ -186,24 +124,26 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
 
         # Distributed sums of the partial counts; only the kept vocabulary reaches the driver.
         top = (
-            partial.where(F.col("token").isNotNull())
+            partial.where(F.col("kind") == KIND_COUNT)
             .groupBy("token").agg(F.sum("n").alias("count"))
             .where(F.col("count") >= cfg.min_freq)
             .orderBy(F.desc("count"), F.asc("token"))
             .limit(cfg.max_vocab - 2)
             .collect()
         )
-        partial.unpersist()
         vocab = Vocab([r["token"] for r in top], lowercase=cfg.lowercase)
 
+        # Pass 2: local ids -> vocabulary ids, over the same persisted partitions, in order.
         label_ids = F.create_map(*[x for i, lab in enumerate(labels) for x in (F.lit(lab), F.lit(i))])
-        encode = _encode_udf(spark.sparkContext.broadcast(vocab), cfg.max_len)
-        encoded = (rows.where(F.col("text").isNotNull() & F.col("label").isNotNull())
-                   .select(encode("text").alias("ids"),
-                           label_ids[F.col("label")].cast("int").alias("label_id"),
-                           "label", "split")
-                   .where(F.size("ids") > 0))
-        _write_splits(encoded, out)
+        encoded = (partial.where(F.col("kind").isin(KIND_DICT, KIND_ROW))
+                   .select("kind", "token", "local_id", "local_ids", "label", "split")
+                   .mapInArrow(remap_partition(spark.sparkContext.broadcast(vocab)), PASS2_SCHEMA)
+                   .select("ids", label_ids[F.col("label")].cast("int").alias("label_id"),
+                           "label", "split"))
+        try:
+            _write_splits(encoded, out)
+        finally:
+            partial.unpersist()
     except spark_errors() as e:
         raise SparklstmError(f"prep failed: {first_line(e)}") from None
 

@@ -56,7 +56,9 @@ def predictor_for(model: LSTMClassifier, words: list[str], labels: list[str], *,
         "labels": labels,
         "tokenizer": {"lowercase": True, "max_len": max_len},
         "model": {"cell": cell, "embed_dim": embed, "hidden_size": hidden, "num_layers": layers,
-                  "dropout": 0.0, "vocab_size": len(words) + 2, "pooling": model.pooling},
+                  "dropout": 0.0, "vocab_size": len(words) + 2, "pooling": model.pooling,
+                  "bidirectional": model.rnn_reverse is not None,
+                  "bag_of_embeddings": model.bag_of_embeddings},
         "sha256": {"model.safetensors": "in-memory"},
     }
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -71,15 +73,17 @@ def random_texts(n: int, *, seed: int, lo: int = 3, hi: int = 20) -> list[str]:
 # ----------------------------------------------------------------------------- completeness
 
 
-@pytest.mark.parametrize("cell, pooling", [("lstm", "last"), ("peephole", "last"), ("gru", "last"),
-                                           ("lstm", "concat")])
+@pytest.mark.parametrize("cell, pooling, bidirectional", [
+    ("lstm", "last", False), ("peephole", "last", False), ("gru", "last", False),
+    ("lstm", "concat", False), ("lstm", "last", True), ("lstm", "concat", True)])
 @pytest.mark.parametrize("labels", [["neg", "pos"], ["a", "b", "c"]])
-def test_integrated_gradients_are_complete(cell, pooling, labels):
+def test_integrated_gradients_are_complete(cell, pooling, bidirectional, labels):
     """sum(attributions) == score(text) - score(all-pad baseline): within 5% for every text (the
     documented tolerance; texts refine until 2%), and to ~1e-6 for most (smooth paths)."""
     torch.manual_seed(0)
     model = LSTMClassifier(vocab_size=len(FILLER) + 2, num_classes=len(labels), cell=cell,
-                           embed_dim=8, hidden_size=8, num_layers=2, dropout=0.0, pooling=pooling)
+                           embed_dim=8, hidden_size=8, num_layers=2, dropout=0.0, pooling=pooling,
+                           bidirectional=bidirectional)
     # Larger weights than the default init, so scores move a lot along the path (a harder test).
     with torch.no_grad():
         for p in model.parameters():

@@ -531,27 +531,47 @@ def test_output_path_is_an_existing_file(spark, small_src, tmp_path):
 
 def test_an_empty_partition_counts_nothing_and_converts_to_the_schema(spark):
     """BUG (0eadbcf): an empty partition gave float64 columns, which Spark could not convert to
-    the string schema ("Cannot convert ChunkedArray")."""
-    import pandas as pd
+    the string schema ("Cannot convert ChunkedArray"). Pass 1 now builds typed Arrow batches."""
     import pyarrow as pa
 
-    from sparklstm.prep import _COUNTS_SCHEMA, _count_partition
+    from sparklstm.local_ids import KIND_COUNT, KIND_STATS, PASS1_SCHEMA, tokenize_partition
 
     rows = spark.createDataFrame([("a b a", "x", "train")], "text string, label string, split string")
-    counted = rows.repartition(3).mapInPandas(_count_partition(True, 8), _COUNTS_SCHEMA).collect()
-    assert sorted((r["token"], r["n"]) for r in counted if r["token"]) == [("a", 2), ("b", 1)]
+    counted = rows.repartition(3).mapInArrow(tokenize_partition(True, 8), PASS1_SCHEMA).collect()
+    assert sorted((r["token"], r["n"]) for r in counted if r["kind"] == KIND_COUNT) == [("a", 2), ("b", 1)]
 
-    schema = pa.schema([("token", pa.string()), ("split", pa.string()), ("label", pa.string()),
-                        ("n", pa.int64()), ("tokens", pa.int64()), ("truncated", pa.int64())])
-    empty = pd.DataFrame({"text": pd.Series([], dtype=object), "label": pd.Series([], dtype=object),
-                          "split": pd.Series([], dtype=object)})
-    for batches in ([], [empty]):
-        out = next(_count_partition(True, 8)(iter(batches)))
-        assert len(out) == 0
-        assert pa.Table.from_pandas(out, schema=schema, preserve_index=False).num_rows == 0
-    one = pd.DataFrame({"text": ["a b a", None], "label": ["x", "y"], "split": ["train", "val"]})
-    table = pa.Table.from_pandas(next(_count_partition(True, 8)(iter([one]))), schema=schema,
-                                 preserve_index=False).to_pylist()
-    assert {(r["token"], r["n"]) for r in table if r["token"]} == {("a", 2), ("b", 1)}
-    assert {(r["split"], r["label"], r["n"], r["tokens"]) for r in table if not r["token"]} == {
+    schema = pa.schema([("text", pa.string()), ("label", pa.string()), ("split", pa.string())])
+    for batches in ([], [pa.RecordBatch.from_pylist([], schema=schema)]):
+        assert list(tokenize_partition(True, 8)(iter(batches))) == []
+    one = pa.RecordBatch.from_pylist([{"text": "a b a", "label": "x", "split": "train"},
+                                      {"text": None, "label": "y", "split": "val"}], schema=schema)
+    out = pa.Table.from_batches(list(tokenize_partition(True, 8)(iter([one])))).to_pylist()
+    assert {(r["token"], r["n"]) for r in out if r["kind"] == KIND_COUNT} == {("a", 2), ("b", 1)}
+    assert {(r["split"], r["label"], r["n"], r["tokens"]) for r in out if r["kind"] == KIND_STATS} == {
         ("train", "x", 1, 3), (None, None, 1, 0)}
+
+
+def test_pass_two_remaps_local_ids_across_arrow_batches(spark):
+    """Local ids from pass 1 become vocabulary ids in pass 2, also when a partition spans many
+    Arrow batches, tokens first appear late, rows are truncated, and tokens miss the vocabulary."""
+    import pyarrow as pa
+
+    from sparklstm.local_ids import KIND_DICT, KIND_ROW, remap_partition, tokenize_partition
+    from sparklstm.text import Vocab, tokenize
+
+    texts = [" ".join(f"w{(i * 7 + j) % 23}" for j in range(i % 13 + 1)) for i in range(200)]
+    schema = pa.schema([("text", pa.string()), ("label", pa.string()), ("split", pa.string())])
+    batches = [pa.RecordBatch.from_pylist([{"text": t, "label": "x", "split": "train"}
+                                           for t in texts[k:k + 9]], schema=schema)
+               for k in range(0, len(texts), 9)]  # 23 small batches: new tokens keep arriving
+    pass1 = pa.Table.from_batches(list(tokenize_partition(True, 10)(iter(batches))))
+    kept = pass1.filter(pa.compute.is_in(pass1["kind"], pa.array([KIND_DICT, KIND_ROW], pa.int8())))
+    vocab = Vocab([f"w{k}" for k in range(0, 23, 2)])  # odd words are <unk>
+
+    class Broadcast:  # what remap_partition reads of a Spark broadcast
+        value = vocab
+
+    # Re-batch pass 1's rows differently, as Spark's Arrow batching of the cached rows may.
+    out = pa.Table.from_batches(list(remap_partition(Broadcast)(iter(kept.to_batches(max_chunksize=17)))))
+    assert out["ids"].to_pylist() == [vocab.encode(t, max_len=10).tolist() for t in texts]
+    assert len({len(tokenize(t)) > 10 for t in texts}) == 2  # some rows were truncated
