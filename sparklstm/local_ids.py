@@ -53,18 +53,29 @@ def _pass1_batch(kind, *, token=None, local_id=None, n=None, tokens=None, trunca
     given = dict(kind=kind, token=token, local_id=local_id, n=n, tokens=tokens,
                  truncated=truncated, split=split, label=label, local_ids=local_ids)
     return pa.RecordBatch.from_arrays(
-        [pa.array(given[f.name], type=f.type) if given[f.name] is not None
-         else pa.nulls(rows, type=f.type) for f in _PASS1_ARROW],
+        [pa.nulls(rows, type=f.type) if given[f.name] is None
+         else given[f.name] if isinstance(given[f.name], pa.Array)
+         else pa.array(given[f.name], type=f.type) for f in _PASS1_ARROW],
         schema=_PASS1_ARROW)
+
+
+class _LocalIds(dict):
+    """token -> local id; a token not seen yet gets the next id. ``map(ids.__getitem__, tokens)``
+    runs in C for tokens already seen (most of them), measured ~2x faster than a comprehension
+    calling ``setdefault``."""
+
+    def __missing__(self, token: str) -> int:
+        self[token] = new = len(self)
+        return new
 
 
 def tokenize_partition(lowercase: bool, max_len: int):
     """Pass 1 as a ``mapInArrow`` function over ``(text, label, split)`` batches."""
-    from collections import Counter
 
     def run(batches):
-        local = {}  # token -> local id, in order of first appearance in this partition
-        train_counts = Counter()
+        local = _LocalIds()  # in order of first appearance in this partition
+        lookup = local.__getitem__
+        counts = np.zeros(0, dtype=np.int64)  # local id -> count in the train split
         per_class = {}  # (split, label) -> [rows, tokens, truncated]
         dropped = 0
         for batch in batches:
@@ -72,7 +83,8 @@ def tokenize_partition(lowercase: bool, max_len: int):
             labels = batch.column("label").to_pylist()
             splits = batch.column("split").to_pylist()
             seen = len(local)
-            ids, row_labels, row_splits = [], [], []
+            flat, ends, row_labels, row_splits = [], [0], [], []  # local ids: flat + row ends
+            train_ids = []  # this batch's train tokens, counted with one bincount
             for text, label, split in zip(texts, labels, splits):
                 if text is None or label is None:
                     dropped += 1
@@ -81,27 +93,35 @@ def tokenize_partition(lowercase: bool, max_len: int):
                 if not tokens:
                     dropped += 1
                     continue
-                head = tokens[:max_len]
+                row = list(map(lookup, tokens[:max_len]))
                 if split == "train":
-                    train_counts.update(head)  # Counter.update on a list runs in C
-                # setdefault's default is evaluated first: a new token gets the next local id.
-                ids.append([local.setdefault(t, len(local)) for t in head])
+                    train_ids.extend(row)
+                flat.extend(row)
+                ends.append(len(flat))
                 row_labels.append(label)
                 row_splits.append(split)
                 acc = per_class.setdefault((split, label), [0, 0, 0])
                 acc[0] += 1
                 acc[1] += len(tokens)
                 acc[2] += len(tokens) > max_len
+            batch_counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=len(local))
+            batch_counts[: len(counts)] += counts
+            counts = batch_counts
             if len(local) > seen:  # this batch's new tokens, before the rows that use them
                 new = list(itertools.islice(local, seen, None))  # dicts keep insertion order
                 yield _pass1_batch([KIND_DICT] * len(new), token=new,
                                    local_id=list(range(seen, len(local))))
-            if ids:
+            if row_labels:
+                # One ListArray from flat values and offsets: ~2x cheaper than from a list of lists.
+                ids = pa.ListArray.from_arrays(pa.array(ends, type=pa.int32()),
+                                               pa.array(flat, type=pa.int32()))
                 yield _pass1_batch([KIND_ROW] * len(ids), local_ids=ids, label=row_labels,
                                    split=row_splits)
-        if train_counts:
-            yield _pass1_batch([KIND_COUNT] * len(train_counts), token=list(train_counts),
-                               n=list(train_counts.values()))
+        counted = np.flatnonzero(counts)  # (tokens seen in train,) local ids
+        if len(counted):
+            tokens = list(local)  # position = local id
+            yield _pass1_batch([KIND_COUNT] * len(counted), token=[tokens[i] for i in counted],
+                               n=counts[counted].tolist())
         if dropped:
             per_class[(None, None)] = [dropped, 0, 0]
         if per_class:
