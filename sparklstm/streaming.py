@@ -91,9 +91,13 @@ def _quiet_aborts(spark) -> None:
     """Stopping interrupts the running batch, and the driver then logs the aborted write with a
     Java stack trace at ERROR: expected here (the batch re-runs on restart), so silence it."""
     jvm = spark._jvm
-    jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
-        "org.apache.spark.sql.execution.datasources.FileFormatWriter",
-        jvm.org.apache.logging.log4j.Level.OFF)
+    # FileFormatWriter logs the aborted job; Utils logs "Aborting task" with the task's stack
+    # when the interrupt lands while it writes (longer batches make that likely); Executor logs
+    # the interrupted task. Only silenced once a stop was asked for.
+    for logger in ("org.apache.spark.sql.execution.datasources.FileFormatWriter",
+                   "org.apache.spark.util.Utils", "org.apache.spark.executor.Executor"):
+        jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(
+            logger, jvm.org.apache.logging.log4j.Level.OFF)
 
 
 def _stop_on_signals(stop: threading.Event) -> dict:
