@@ -147,7 +147,7 @@ def remap_partition(vocab_bc):
                 where = np.flatnonzero(is_dict)
                 tokens = batch.column("token").take(pa.array(where)).to_pylist()
                 local_ids = batch.column("local_id").take(pa.array(where)).to_numpy()
-                grown = np.full(int(local_ids.max()) + 1, UNK, dtype=np.int32)
+                grown = np.full(max(len(remap), int(local_ids.max()) + 1), UNK, dtype=np.int32)
                 grown[: len(remap)] = remap
                 grown[local_ids] = [index.get(t, UNK) for t in tokens]
                 remap = grown
