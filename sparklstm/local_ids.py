@@ -61,8 +61,8 @@ def _pass1_batch(kind, *, token=None, local_id=None, n=None, tokens=None, trunca
 
 class _LocalIds(dict):
     """token -> local id; a token not seen yet gets the next id. ``map(ids.__getitem__, tokens)``
-    runs in C for tokens already seen (most of them), measured ~2x faster than a comprehension
-    calling ``setdefault``."""
+    runs in C for tokens already seen (most of them): 1.4x faster than a comprehension calling
+    ``setdefault`` (125k short documents, best of 5)."""
 
     def __missing__(self, token: str) -> int:
         self[token] = new = len(self)
