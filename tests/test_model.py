@@ -274,7 +274,7 @@ def test_bidirectional_reverse_stack_reads_each_row_backwards():
     """The second stack's features are those of a forward stack run on the reversed tokens."""
     torch.manual_seed(0)
     model = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=8, hidden_size=12,
-                           bidirectional=True, pooling="last").eval()
+                           bidirectional=True, bag_of_embeddings=False, pooling="last").eval()
     ids, lengths = _batch([5, 2], seed=5)
     seen = []
     model.rnn_reverse.register_forward_hook(lambda module, args, out: seen.append(args[0]))

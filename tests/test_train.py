@@ -72,8 +72,10 @@ def test_tuning_options_train_and_round_trip(prepped_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["pooling"] == "concat"
     p = Predictor.from_dir(out)
-    both = 2 if SMALL_MODEL.bidirectional else 1  # concat per direction
-    assert p.model.pooling == "concat" and p.model.head.in_features == both * 3 * SMALL_MODEL.hidden_size
+    both = 2 if SMALL_MODEL.bidirectional else 1  # concat per direction, then the mean embedding
+    bag = SMALL_MODEL.embed_dim if SMALL_MODEL.bag_of_embeddings else 0
+    assert p.model.pooling == "concat"
+    assert p.model.head.in_features == both * 3 * SMALL_MODEL.hidden_size + bag
 
 
 def test_cosine_schedule_runs_from_lr_to_zero():
