@@ -2,9 +2,9 @@
 
     python bench/train.py [--prepped sparklstm-demo/prepped] [--epochs 6]
 
-Both train the default model (Embedding 128 -> 2 x LSTM 128, both directions -> Dense) from the same seed on the
-same train split with denormals flushed, for the same number of epochs, and are scored on the
-same val split:
+Both train the default model (Embedding 128 -> 2 x LSTM 128, both directions -> Dense) from the
+same seed on the same train split with denormals flushed, for the same number of epochs, and are
+scored on the same val split:
 
   baseline : shuffled batches padded to max_len, fp32, element-wise dropout (the loop most
              tutorials show)

@@ -17,7 +17,6 @@ looked at.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -101,6 +100,27 @@ class StackedPeepholeLSTM(nn.Module):
         return x.transpose(0, 1)
 
 
+def recurrent_stack(cell: str, input_size: int, hidden_size: int, num_layers: int,
+                    between: float) -> nn.Module:
+    """``num_layers`` recurrent layers of ``cell``, batch-first, dropout ``between`` them."""
+    if cell == "lstm":
+        return nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
+    if cell == "gru":
+        return nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
+    return StackedPeepholeLSTM(input_size, hidden_size, num_layers, between)
+
+
+def real_steps(T: int, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool: True at each row's real (non-padding) steps."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, real: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> (B, D): the mean over each row's real steps (``real`` (B, T), ``lengths`` (B,))."""
+    summed = (x * real[..., None].to(x.dtype)).sum(dim=1)  # (B, D)
+    return summed / lengths.clamp(min=1)[:, None].to(x.dtype)
+
+
 def reverse_rows(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Each row's first ``lengths[b]`` steps in reverse order, padding (zeros) kept after them.
 
@@ -155,19 +175,11 @@ class LSTMClassifier(nn.Module):
         self.num_classes = num_classes
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
-        between = dropout if num_layers > 1 else 0.0
-        if cell == "lstm":
-            self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
-        elif cell == "gru":
-            self.rnn = nn.GRU(embed_dim, hidden_size, num_layers, batch_first=True, dropout=between)
-        else:
-            self.rnn = StackedPeepholeLSTM(embed_dim, hidden_size, num_layers, between)
+        stack = (cell, embed_dim, hidden_size, num_layers, dropout if num_layers > 1 else 0.0)
+        self.rnn = recurrent_stack(*stack)
         # bidirectional: a second stack reads each row's real tokens last-to-first. Reversing per
         # row (not nn.LSTM(bidirectional=True), which reads the padding first) keeps padding unread.
-        self.rnn_reverse = copy.deepcopy(self.rnn) if bidirectional else None
-        if bidirectional:
-            for p in self.rnn_reverse.parameters():  # its own initialisation, not a copy's
-                nn.init.uniform_(p, -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+        self.rnn_reverse = recurrent_stack(*stack) if bidirectional else None
         # bag_of_embeddings: the mean of the real tokens' embeddings joins the pooled states, a
         # fastText-style linear path from words to classes beside the recurrent one.
         self.bag_of_embeddings = bag_of_embeddings
@@ -190,9 +202,8 @@ class LSTMClassifier(nn.Module):
         if self.rnn_reverse is not None:
             parts.append(self.pool(self._run(self.rnn_reverse, reverse_rows(x, lengths)), lengths))
         if self.bag_of_embeddings:
-            real = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])
-            summed = (x * real[..., None].to(x.dtype)).sum(dim=1)  # (B, E)
-            parts.append(summed / lengths.to(x.device).clamp(min=1)[:, None].to(x.dtype))
+            lengths = lengths.to(x.device)
+            parts.append(masked_mean(x, real_steps(x.shape[1], lengths), lengths))  # (B, E)
         features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.head(self.dropout(features))  # (B, 1) or (B, C)
 
@@ -212,12 +223,11 @@ class LSTMClassifier(nn.Module):
             last = (lengths - 1).clamp(min=0)
             parts.append(out[torch.arange(out.shape[0], device=out.device), last])  # (B, H)
         if self.pooling != "last":
-            real = torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None]  # (B, T)
+            real = real_steps(out.shape[1], lengths)  # (B, T)
             if self.pooling in ("max", "concat"):
                 parts.append(out.masked_fill(~real[..., None], float("-inf")).amax(dim=1))
             if self.pooling in ("mean", "concat"):
-                summed = (out * real[..., None].to(out.dtype)).sum(dim=1)  # (B, H)
-                parts.append(summed / lengths.clamp(min=1)[:, None].to(out.dtype))
+                parts.append(masked_mean(out, real, lengths))  # (B, H)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
