@@ -8,9 +8,26 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 LOG4J = Path(__file__).with_name("log4j2.properties")
+
+
+@contextmanager
+def session_conf(spark, settings: dict[str, str]):
+    """Set runtime SQL confs of ``spark`` for the queries run inside; restore them after."""
+    before = {key: spark.conf.get(key, None) for key in settings}  # None: not set by anyone
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
 
 
 def get_spark(*, master: str | None = None, app_name: str = "sparklstm", conf: dict | None = None):

@@ -21,7 +21,8 @@ import pytest
 from conftest import KEYWORDS, make_corpus
 from sparklstm.config import PrepConfig
 from sparklstm.errors import SparklstmError
-from sparklstm.prep import SPLITS, prep
+from sparklstm.prep import ARROW_MAX_BYTES, CACHE_COMPRESSED, SPLITS, prep
+from sparklstm.session import session_conf
 from sparklstm.text import Vocab, tokenize
 
 CLASSES = ("sports", "tech", "food")
@@ -429,6 +430,28 @@ def prep_error(spark, src, out, **settings) -> str:
 @pytest.fixture(scope="module")
 def small_src(tmp_path_factory):
     return write_parquet(make_corpus(30, seed=6), tmp_path_factory.mktemp("small") / "in.parquet")
+
+
+def test_prep_leaves_the_session_confs_as_they_were(spark, small_src, tmp_path):
+    """prep sets two runtime confs for its own queries only: afterwards each is unset again, or
+    back at the user's value, also when the block inside fails."""
+    keys = (ARROW_MAX_BYTES, CACHE_COMPRESSED)
+    assert [spark.conf.get(k, None) for k in keys] == [None, None]
+    prep(spark, input_path=str(small_src), out=tmp_path / "a")
+    assert [spark.conf.get(k, None) for k in keys] == [None, None]
+    spark.conf.set(ARROW_MAX_BYTES, "32m")
+    spark.conf.set(CACHE_COMPRESSED, "true")
+    try:
+        prep(spark, input_path=str(small_src), out=tmp_path / "b")
+        assert [spark.conf.get(k) for k in keys] == ["32m", "true"]
+        with pytest.raises(ZeroDivisionError):
+            with session_conf(spark, {ARROW_MAX_BYTES: "1m", CACHE_COMPRESSED: "false"}):
+                assert [spark.conf.get(k) for k in keys] == ["1m", "false"]
+                1 / 0
+        assert [spark.conf.get(k) for k in keys] == ["32m", "true"]
+    finally:
+        for k in keys:
+            spark.conf.unset(k)
 
 
 def test_missing_text_column(spark, small_src, tmp_path):
