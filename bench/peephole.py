@@ -3,9 +3,10 @@
     python bench/peephole.py [--lengths 150 40] [--batch 64] [--batches 6] [--reps 3] [--no-old]
                              [--jit] [--threads N] [--autocast]
 
-Each variant is ``LSTMClassifier`` (embed 128, hidden 128, 2 layers, dropout 0.2) training on
-the same random full-length batches: forward + backward + Adam step, flushed denormals,
-torch's default threads unless ``--threads``. Variants:
+Each variant is ``LSTMClassifier`` (embed 128, hidden 128, 2 layers, dropout 0.2, its default
+directions) training on the same random full-length batches: forward + backward + Adam step,
+flushed denormals and the trainer's allocator setting, torch's default threads unless
+``--threads``. Variants:
 
 * ``lstm``     : ``cell="lstm"`` (nn.LSTM, oneDNN on CPU)
 * ``old``      : ``cell="peephole"`` with the layers run by the original Python loop through
@@ -35,6 +36,7 @@ from torch import nn
 
 from sparklstm.model import LSTMClassifier
 from sparklstm.peephole import peephole_reference
+from sparklstm.runtime import tune_allocator
 
 VOCAB = 5000
 
@@ -120,6 +122,7 @@ def main() -> None:
                    help="forward under bf16 autocast, as train.py's precision=bf16 does")
     a = p.parse_args()
     torch.set_flush_denormal(True)
+    tune_allocator()  # as train.py: freed buffers stay in the heap (no page faults per batch)
     if a.threads > 0:
         torch.set_num_threads(a.threads)
 
