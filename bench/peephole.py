@@ -11,7 +11,10 @@ flushed denormals and the trainer's allocator setting, torch's default threads u
 * ``lstm``     : ``cell="lstm"`` (nn.LSTM, oneDNN on CPU)
 * ``old``      : ``cell="peephole"`` with the layers run by the original Python loop through
                  autograd (``sparklstm.peephole.peephole_reference``), same weights as ``new``
-* ``new``      : ``cell="peephole"`` as shipped (one input-projection matmul, hand-written BPTT)
+* ``new``      : ``cell="peephole"`` as shipped (one input-projection matmul, hand-written BPTT,
+                 each step's element-wise work in one C call: sparklstm/peephole_step.c)
+* ``torch``    : the same layer with its torch-kernel steps (``SPARKLSTM_PEEPHOLE_KERNEL=0``, the
+                 fallback where no C compiler works), same weights as ``new``
 * ``jit``      : (``--jit``) the old loop under ``torch.jit.script``, for comparison only
 
 The variants are interleaved ``--reps`` times (other processes share the CPU, so timings
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparklstm.model import LSTMClassifier
+from sparklstm import peephole_kernel
 from sparklstm.peephole import peephole_reference
 from sparklstm.runtime import tune_allocator
 
@@ -95,8 +99,10 @@ def make_batches(n: int, batch: int, length: int, seed: int):
              torch.randint(0, 2, (batch,), generator=gen)) for _ in range(n)]
 
 
-def train_tokens_per_s(model: nn.Module, opt, batches, autocast: bool = False) -> float:
+def train_tokens_per_s(model: nn.Module, opt, batches, autocast: bool = False,
+                       fused: bool = True) -> float:
     model.train()
+    os.environ[peephole_kernel.ENV] = "1" if fused else "0"
     tokens, started = 0, time.perf_counter()
     for ids, lengths, y in batches:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # as train.py
@@ -131,6 +137,9 @@ def main() -> None:
     torch.manual_seed(0)
     new = LSTMClassifier(vocab_size=VOCAB, num_classes=2, cell="peephole")
     variants = ["lstm", "new"]
+    if peephole_kernel.step_kernel() is not None:
+        models["torch"] = copy.deepcopy(new)
+        variants.append("torch")
     if not a.no_old:
         models["old"] = copy.deepcopy(new)
         models["old"].rnn = ReferenceStack(models["old"].rnn)
@@ -145,18 +154,20 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {a.batch}, "
           f"embed 128, hidden 128, 2 layers, {'bf16 autocast' if a.autocast else 'fp32'}; "
           f"{a.batches} timed batches x {a.reps} reps; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; fused C step "
+          f"{'built' if 'torch' in variants else 'NOT built (no working C compiler)'}")
     rows = []
     for length in a.lengths:
         batches = make_batches(a.batches, a.batch, length, seed=length)
         warm = make_batches(2, a.batch, length, seed=length + 1)
         for k in variants:  # warm-up: oneDNN primitives, jit profiling runs, allocator
-            train_tokens_per_s(models[k], opts[k], warm, a.autocast)
+            train_tokens_per_s(models[k], opts[k], warm, a.autocast, fused=k != "torch")
         runs = {k: [] for k in variants}
         for rep in range(a.reps):
             order = variants if rep % 2 == 0 else variants[::-1]
             for k in order:
-                runs[k].append(train_tokens_per_s(models[k], opts[k], batches, a.autocast))
+                runs[k].append(train_tokens_per_s(models[k], opts[k], batches, a.autocast,
+                                                  fused=k != "torch"))
         med = {k: statistics.median(v) for k, v in runs.items()}
 
         def ratio(num, den):

@@ -24,6 +24,12 @@ Design (measured on the 2-core CPU, batch 64, hidden 128; ``bench/peephole.py``)
   (one kernel adds all three peepholes) and the backward's dA is two kernels (o from dh; i, f, g
   from dc). The parameters keep ``nn.LSTM``'s order (i, f, g, o); the permutation is an index on
   the weights and autograd scatters the gradients back.
+* Training on CPU in float32 state (fp32 or bf16 autocast): when the fused C step builds
+  (``peephole_kernel.py``, ``peephole_step.c``), each step's element-wise work -- the ~17
+  forward kernels above, or the backward's six plus the bias gradient and the bf16 copy of dA
+  -- is one C call on the same buffers, and only the matmuls stay torch ops. Those small kernels
+  were about half of a bf16 training step. Elsewhere (no compiler, float64, CUDA, inference,
+  a retained graph) the torch-kernel steps below run; tests check the two paths agree.
 
 Autocast (train.py's precision=bf16, the scorer's bf16): the matmuls -- the all-steps input
 projection, the per-step recurrent matmul and the backward's -- run in the autocast dtype, as
@@ -39,6 +45,8 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from .peephole_kernel import step_kernel
 
 __all__ = ["gate_permutation", "peephole_layer_time_major", "peephole_reference"]
 
@@ -151,6 +159,23 @@ def _recurrence(xp, w_hh, b, w_peep, mm_dtype, J=None):
 
     K = new(T, B, H)
     R = new(T, B, H)
+    lib = _kernel_for(b, mm_dtype)
+    if lib is not None:  # each step's element-wise work in one C call (peephole_step.c)
+        hw = step_mm.hw if step_mm.mixed else new(B, H4)  # h_{t-1} W_hhᵀ, the mm's dtype
+        h_mm = step_mm.h_mm if step_mm.mixed else None
+        # The C code gets raw addresses: keep every tensor it reads referenced and contiguous.
+        bias, peep_c, scratch = b.contiguous(), w_peep.contiguous(), new(H4)
+        xp_bf16, hw_bf16 = int(xp.dtype == torch.bfloat16), int(hw.dtype == torch.bfloat16)
+        step_xp, step_bh = B * H4 * xp.element_size(), B * H * 4  # bytes per step
+        xp0, J0, K0, R0, c0, h0 = (x.data_ptr() for x in (xp, J, K, R, c, h))
+        fwd = lib.peephole_forward_step
+        for t in range(T):
+            torch.mm(hs[t] if h_mm is None else h_mm, step_mm.w_t, out=hw)
+            fwd(B, H, xp0 + t * step_xp, xp_bf16, bias.data_ptr(), hw.data_ptr(), hw_bf16,
+                c0 + t * step_bh, peep_c.data_ptr(), J0 + 4 * t * B * H4, K0 + t * step_bh,
+                R0 + t * step_bh, c0 + (t + 1) * step_bh, h0 + (t + 1) * step_bh,
+                None if h_mm is None else h_mm.data_ptr(), scratch.data_ptr())
+        return h, c, K, R
     zero = b.new_zeros(B, H)
     J4 = J.view(T, B, 4, H)
     J_os, J_is, J_fs, J_gs = (J4[:, :, k].unbind(0) for k in range(4))
@@ -181,7 +206,9 @@ def _recurrence(xp, w_hh, b, w_peep, mm_dtype, J=None):
 
 def _bptt(grad_h, J, dA, w_hh, w_peep, c, K, R, mm_dtype):
     """Backward through time: writes dA = dL/da (T, B, 4H) from J and returns the peephole
-    gradient (3, H). ``dA`` may be ``J`` itself (each J_t is read before dA_t is written).
+    gradient (3, H), then -- from the fused C steps only, else None -- dA in the matmul dtype
+    (T, B, 4H; None in fp32) and the bias gradient (4H,). ``dA`` may be ``J`` itself (each J_t
+    is read before dA_t is written).
     The recurrent matmul runs in ``mm_dtype`` (the forward's). Per step, going back::
 
         dh_t = grad_h[t] + dA_{t+1} W_hh
@@ -205,6 +232,37 @@ def _bptt(grad_h, J, dA, w_hh, w_peep, c, K, R, mm_dtype):
     dAs, dA_os, dA_ifgs = dA.unbind(0), dA4[:, :, 0].unbind(0), dA4[:, :, 1:].unbind(0)
     dA_ofis, cs1 = dA4[:, :, :3].unbind(0), c.unsqueeze(2).unbind(0)
     grad_hs, Ks, Rs = grad_h.unbind(0), K.unbind(0), R.unbind(0)
+    lib = _kernel_for(dA, mm_dtype) if dA is J else None  # in place: the training path
+    if lib is not None:  # each step's element-wise work in one C call (peephole_step.c)
+        # The C code gets raw addresses: keep every tensor it reads referenced and contiguous
+        # (grad_h's rows may be strided: it is usually a transposed view).
+        if grad_h.stride(2) != 1:
+            grad_h = grad_h.contiguous()
+        w_co, K, R, c = (x.contiguous() for x in (w_co, K, R, c))
+        dh_mm = dh_mm if mixed else dh  # dA_{t+1} W_hh, the mm's dtype
+        # Under autocast the C code writes each dA_t in the matmul dtype too, into a (T, B, 4H)
+        # buffer that the next step's matmul and the all-steps matmuls after the loop read.
+        dA_low = J.new_empty(T, B, H4, dtype=mm_dtype) if mixed else None
+        w_step, dh_bf16 = (w_mm if mixed else w_hh), int(mixed and mm_dtype == torch.bfloat16)
+        step_bh, step_b4 = B * H * 4, B * H4 * 4  # bytes per step
+        step_g = grad_h.stride(0) * 4
+        g0, K0, R0, c0, J0 = (x.data_ptr() for x in (grad_h, K, R, c, J))
+        lows = dA_low.unbind(0) if mixed else None
+        gb = J.new_zeros(B, H4)  # the bias gradient per row, summed over steps by the C code
+        scratch = J.new_empty(H)
+        bwd = lib.peephole_backward_step
+        for t in range(T - 1, -1, -1):
+            last = t == T - 1
+            if not last:
+                torch.mm(lows[t + 1] if mixed else dAs[t + 1], w_step, out=dh_mm)
+            bwd(B, H, g0 + t * step_g, grad_h.stride(1), None if last else dh_mm.data_ptr(),
+                dh_bf16, None if last else dc_next.data_ptr(),
+                None if last else R0 + (t + 1) * step_bh,
+                None if last else J0 + (t + 1) * step_b4, w_co.data_ptr(), K0 + t * step_bh,
+                c0 + t * step_bh, J0 + t * step_b4, gp.data_ptr(), gb.data_ptr(), dc.data_ptr(),
+                lows[t].data_ptr() if mixed else None, scratch.data_ptr())
+            dc, dc_next = dc_next, dc
+        return gp.sum(0), dA_low, gb.sum(0)
     for t in range(T - 1, -1, -1):
         if t == T - 1:
             dh.copy_(grad_hs[t])
@@ -225,7 +283,16 @@ def _bptt(grad_h, J, dA, w_hh, w_peep, c, K, R, mm_dtype):
             dA_mm.copy_(dAs[t])
         dh, dh_next = dh_next, dh
         dc, dc_next = dc_next, dc
-    return gp.sum(0)
+    return gp.sum(0), None, None
+
+
+def _kernel_for(t: torch.Tensor, mm_dtype: torch.dtype):
+    """The fused step library when it applies (float32 state on CPU, fp32 or bf16 matmuls)."""
+    if t.device.type != "cpu" or t.dtype != torch.float32:
+        return None
+    if mm_dtype not in (torch.float32, torch.bfloat16):
+        return None
+    return step_kernel()
 
 
 def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -290,13 +357,15 @@ class _PeepholeLayer(torch.autograd.Function):
             # dA may overwrite J unless the graph is kept for another backward (gradcheck,
             # retain_graph=True): a fresh 4H-wide buffer costs page faults on CPU.
             dA = buf if _graph_is_freed_after_this_backward() else torch.empty_like(buf)
-            grad_peep = _bptt(grad_h, buf, dA, w_hh, w_peep, c, K, R, ctx.mm_dtype)
+            grad_peep, dA_low, grad_b = _bptt(grad_h, buf, dA, w_hh, w_peep, c, K, R,
+                                              ctx.mm_dtype)
             dA = dA.view(T * B, H4)
             needs = ctx.needs_input_grad
-            grad_b = dA.sum(0) if needs[3] else None
+            if grad_b is None:  # the C steps sum it on the way
+                grad_b = dA.sum(0) if needs[3] else None
             # The all-steps matmuls run in the forward's matmul dtype (x2 is saved in it).
             dtype, mm = w_ih.dtype, ctx.mm_dtype
-            dA = dA.to(mm)
+            dA = dA.to(mm) if dA_low is None else dA_low.view(T * B, H4)
             grad_x = dA.mm(w_ih.to(mm)).view(T, B, w_ih.shape[1]).to(dtype) if needs[0] else None
             grad_w_ih = dA.t().mm(x2).to(dtype) if needs[1] else None
             grad_w_hh = (dA.t().mm(h[:-1].reshape(T * B, w_hh.shape[1]).to(mm)).to(dtype)
