@@ -5,9 +5,9 @@ of ~28 torch kernels (forward and backward); the matmuls stay in torch (oneDNN).
 this 2-core VM (batch 64, hidden 128, one thread): about 30 µs forward and 13 µs backward a step,
 against ~280 µs for the torch kernels; ``bench/peephole.py`` has the training figures.
 
-The C file is compiled once per process with the machine's C compiler (``cc -O3
--march=native``, under a second; no torch headers, no build step at install) and loaded with
-ctypes. Where there is no compiler, the build fails, or ``SPARKLSTM_PEEPHOLE_KERNEL=0`` is set,
+The C file is compiled once per process with the machine's C compiler (``$CC`` or ``cc``,
+``-O3 -march=native``, under a second; no torch headers, no build step at install) and loaded
+with ctypes. Where there is no compiler, the build fails, or ``SPARKLSTM_PEEPHOLE_KERNEL=0`` is set,
 :func:`step_kernel` returns None and the layer keeps its torch-kernel steps: same equations,
 same buffers, equal results to float32 rounding (tests check the two paths against each
 other). Inference never uses it, so Spark executors need no compiler.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -30,7 +31,7 @@ ENV = "SPARKLSTM_PEEPHOLE_KERNEL"
 # -ffast-math lets gcc vectorise the step's loops (16 lanes with AVX-512; 1.3x faster than with
 # only -fno-math-errno); -fno-finite-math-only keeps NaN and infinity semantics, so a NaN
 # still propagates as in torch (tests/test_peephole_kernel.py checks it).
-FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fPIC"]
 
 _state: dict = {"lib": None, "tried": False}
 
@@ -48,18 +49,22 @@ def step_kernel():
 
 
 def _build():
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    if cc[0] is None:
         return None  # no compiler: quietly the torch-kernel steps
     tmp = Path(tempfile.mkdtemp(prefix="sparklstm-kernel-"))
-    out = tmp / "peephole_step.so"
+    obj, out = tmp / "peephole_step.o", tmp / "peephole_step.so"
     try:
-        subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE), "-lm"], check=True,
-                       capture_output=True, text=True, timeout=120)
+        # Compile and link in two steps: linking a shared library with -ffast-math makes gcc
+        # (before 13) add crtfastmath.o, whose constructor would switch the whole process to
+        # flush denormals on load, overriding the user's train.flush_denormal.
+        for cmd in ([*cc, *FLAGS, "-c", "-o", str(obj), str(SOURCE)],
+                    [*cc, "-shared", "-o", str(out), str(obj), "-lm"]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
         lib = ctypes.CDLL(str(out))
     except (OSError, subprocess.SubprocessError) as e:
         detail = getattr(e, "stderr", None) or str(e)
-        warnings.warn(f"peephole layer: fused step not built ({cc}: "
+        warnings.warn(f"peephole layer: fused step not built ({cc[0]}: "
                       f"{detail.strip().splitlines()[-1] if detail.strip() else type(e).__name__}); "
                       f"using torch kernels")
         return None

@@ -39,6 +39,7 @@ from .text import Vocab
 # Runtime SQL confs prep sets for its own queries only (restored after each; see prep()).
 ARROW_MAX_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"
 CACHE_COMPRESSED = "spark.sql.inMemoryColumnarStorage.compressed"
+ARROW_MAX_RECORDS = "spark.sql.execution.arrow.maxRecordsPerBatch"  # read, never set
 
 SPLITS = ("train", "val", "test")
 MAX_CLASSES = 10_000  # more distinct labels than this is almost surely the wrong column
@@ -153,7 +154,10 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
             # byte cap; that check took ~18% of the JVM's CPU in prep (JFR). Pass 2's rows are at
             # most max_len ids (or one token), so its batches are bounded by the row cap alone
             # (10,000 rows by default: <= 10 MB at max_len 256). Pass 1's texts keep the byte cap.
-            with session_conf(spark, {ARROW_MAX_BYTES: str(2**31 - 1)}):  # Int.MaxValue: no check
+            # Only while a row cap is set (<= 0 means unlimited, and then the byte cap stays).
+            rows_capped = int(spark.conf.get(ARROW_MAX_RECORDS, "10000")) > 0
+            no_check = {ARROW_MAX_BYTES: str(2**31 - 1)} if rows_capped else {}  # Int.MaxValue
+            with session_conf(spark, no_check):
                 _write_splits(encoded, out)
         finally:
             partial.unpersist()

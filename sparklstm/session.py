@@ -18,9 +18,9 @@ LOG4J = Path(__file__).with_name("log4j2.properties")
 def session_conf(spark, settings: dict[str, str]):
     """Set runtime SQL confs of ``spark`` for the queries run inside; restore them after."""
     before = {key: spark.conf.get(key, None) for key in settings}  # None: not set by anyone
-    for key, value in settings.items():
-        spark.conf.set(key, value)
     try:
+        for key, value in settings.items():
+            spark.conf.set(key, value)
         yield
     finally:
         for key, value in before.items():

@@ -7,6 +7,10 @@ test_peephole_speed_props.py, which run with the C step wherever it builds.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -85,6 +89,18 @@ def test_fused_step_propagates_nan_like_torch(monkeypatch):
     h_k, _ = _run(monkeypatch, x, params, gout, kernel=True)
     assert h_t.isnan().any()
     assert torch.equal(h_k.isnan(), h_t.isnan())
+
+
+def test_loading_the_kernel_leaves_denormals_alone():
+    """Linking with -ffast-math would add gcc's crtfastmath.o, which switches the whole process
+    to flush denormals when the library loads (overriding train.flush_denormal)."""
+    code = ("import torch; torch.set_flush_denormal(False)\n"
+            "from sparklstm.peephole_kernel import step_kernel\n"
+            "assert step_kernel() is not None\n"
+            "print(float(torch.tensor([1e-39]) * 1.0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, peephole_kernel.ENV: "1"})
+    assert float(out.stdout.split()[-1]) > 0.0
 
 
 def test_env_switch_and_a_failed_build_fall_back_to_torch_steps(monkeypatch):

@@ -454,6 +454,23 @@ def test_prep_leaves_the_session_confs_as_they_were(spark, small_src, tmp_path):
             spark.conf.unset(k)
 
 
+def test_pass_two_keeps_the_byte_cap_when_rows_are_not_capped(spark, small_src, tmp_path,
+                                                             monkeypatch):
+    """Pass 2 drops the Arrow byte cap only while maxRecordsPerBatch bounds its batches."""
+    import sparklstm.prep as prep_module
+
+    asked = []
+    real = prep_module.session_conf
+    monkeypatch.setattr(prep_module, "session_conf",
+                        lambda spark, settings: asked.append(dict(settings)) or real(spark, settings))
+    prep(spark, input_path=str(small_src), out=tmp_path / "a")
+    assert {ARROW_MAX_BYTES: str(2**31 - 1)} in asked
+    asked.clear()
+    with session_conf(spark, {"spark.sql.execution.arrow.maxRecordsPerBatch": "0"}):
+        prep(spark, input_path=str(small_src), out=tmp_path / "b")
+    assert not any(ARROW_MAX_BYTES in s for s in asked) and asked
+
+
 def test_missing_text_column(spark, small_src, tmp_path):
     msg = prep_error(spark, small_src, tmp_path / "o", text_col="body")
     assert msg == f"text column 'body' not found in {small_src} (columns: text, label)"
