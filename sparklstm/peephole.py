@@ -168,13 +168,14 @@ def _recurrence(xp, w_hh, b, w_peep, mm_dtype, J=None):
         xp_bf16, hw_bf16 = int(xp.dtype == torch.bfloat16), int(hw.dtype == torch.bfloat16)
         step_xp, step_bh = B * H4 * xp.element_size(), B * H * 4  # bytes per step
         xp0, J0, K0, R0, c0, h0 = (x.data_ptr() for x in (xp, J, K, R, c, h))
+        b_p, hw_p, peep_p, scratch_p = (x.data_ptr() for x in (bias, hw, peep_c, scratch))
+        h_mm_p = None if h_mm is None else h_mm.data_ptr()
         fwd = lib.peephole_forward_step
         for t in range(T):
             torch.mm(hs[t] if h_mm is None else h_mm, step_mm.w_t, out=hw)
-            fwd(B, H, xp0 + t * step_xp, xp_bf16, bias.data_ptr(), hw.data_ptr(), hw_bf16,
-                c0 + t * step_bh, peep_c.data_ptr(), J0 + 4 * t * B * H4, K0 + t * step_bh,
-                R0 + t * step_bh, c0 + (t + 1) * step_bh, h0 + (t + 1) * step_bh,
-                None if h_mm is None else h_mm.data_ptr(), scratch.data_ptr())
+            fwd(B, H, xp0 + t * step_xp, xp_bf16, b_p, hw_p, hw_bf16, c0 + t * step_bh, peep_p,
+                J0 + 4 * t * B * H4, K0 + t * step_bh, R0 + t * step_bh, c0 + (t + 1) * step_bh,
+                h0 + (t + 1) * step_bh, h_mm_p, scratch_p)
         return h, c, K, R
     zero = b.new_zeros(B, H)
     J4 = J.view(T, B, 4, H)
@@ -227,11 +228,6 @@ def _bptt(grad_h, J, dA, w_hh, w_peep, c, K, R, mm_dtype):
     dh, dh_next = grad_h.new_empty(B, H), grad_h.new_empty(B, H)
     dc, dc_next = grad_h.new_empty(B, H), grad_h.new_empty(B, H)
     gp = grad_h.new_zeros(B, 3, H)
-    J4, dA4 = J.view(T, B, 4, H), dA.view(T, B, 4, H)
-    J_os, J_ifgs = J4[:, :, 0].unbind(0), J4[:, :, 1:].unbind(0)
-    dAs, dA_os, dA_ifgs = dA.unbind(0), dA4[:, :, 0].unbind(0), dA4[:, :, 1:].unbind(0)
-    dA_ofis, cs1 = dA4[:, :, :3].unbind(0), c.unsqueeze(2).unbind(0)
-    grad_hs, Ks, Rs = grad_h.unbind(0), K.unbind(0), R.unbind(0)
     lib = _kernel_for(dA, mm_dtype) if dA is J else None  # in place: the training path
     if lib is not None:  # each step's element-wise work in one C call (peephole_step.c)
         # The C code gets raw addresses: keep every tensor it reads referenced and contiguous
@@ -246,23 +242,29 @@ def _bptt(grad_h, J, dA, w_hh, w_peep, c, K, R, mm_dtype):
         w_step, dh_bf16 = (w_mm if mixed else w_hh), int(mixed and mm_dtype == torch.bfloat16)
         step_bh, step_b4 = B * H * 4, B * H4 * 4  # bytes per step
         step_g = grad_h.stride(0) * 4
-        g0, K0, R0, c0, J0 = (x.data_ptr() for x in (grad_h, K, R, c, J))
-        lows = dA_low.unbind(0) if mixed else None
+        lows = (dA_low if mixed else dA).unbind(0)  # what each step's matmul reads
         gb = J.new_zeros(B, H4)  # the bias gradient per row, summed over steps by the C code
         scratch = J.new_empty(H)
-        bwd = lib.peephole_backward_step
+        g0, K0, R0, c0, J0 = (x.data_ptr() for x in (grad_h, K, R, c, J))
+        dh_p, w_co_p, gp_p, gb_p, scratch_p = (
+            x.data_ptr() for x in (dh_mm, w_co, gp, gb, scratch))
+        g_row, bwd = grad_h.stride(1), lib.peephole_backward_step
         for t in range(T - 1, -1, -1):
             last = t == T - 1
             if not last:
-                torch.mm(lows[t + 1] if mixed else dAs[t + 1], w_step, out=dh_mm)
-            bwd(B, H, g0 + t * step_g, grad_h.stride(1), None if last else dh_mm.data_ptr(),
-                dh_bf16, None if last else dc_next.data_ptr(),
-                None if last else R0 + (t + 1) * step_bh,
-                None if last else J0 + (t + 1) * step_b4, w_co.data_ptr(), K0 + t * step_bh,
-                c0 + t * step_bh, J0 + t * step_b4, gp.data_ptr(), gb.data_ptr(), dc.data_ptr(),
-                lows[t].data_ptr() if mixed else None, scratch.data_ptr())
+                torch.mm(lows[t + 1], w_step, out=dh_mm)
+            bwd(B, H, g0 + t * step_g, g_row, None if last else dh_p, dh_bf16,
+                None if last else dc_next.data_ptr(), None if last else R0 + (t + 1) * step_bh,
+                None if last else J0 + (t + 1) * step_b4, w_co_p, K0 + t * step_bh,
+                c0 + t * step_bh, J0 + t * step_b4, gp_p, gb_p, dc.data_ptr(),
+                lows[t].data_ptr() if mixed else None, scratch_p)
             dc, dc_next = dc_next, dc
         return gp.sum(0), dA_low, gb.sum(0)
+    J4, dA4 = J.view(T, B, 4, H), dA.view(T, B, 4, H)
+    J_os, J_ifgs = J4[:, :, 0].unbind(0), J4[:, :, 1:].unbind(0)
+    dAs, dA_os, dA_ifgs = dA.unbind(0), dA4[:, :, 0].unbind(0), dA4[:, :, 1:].unbind(0)
+    dA_ofis, cs1 = dA4[:, :, :3].unbind(0), c.unsqueeze(2).unbind(0)
+    grad_hs, Ks, Rs = grad_h.unbind(0), K.unbind(0), R.unbind(0)
     for t in range(T - 1, -1, -1):
         if t == T - 1:
             dh.copy_(grad_hs[t])
