@@ -25,13 +25,14 @@ import torch
 
 from sparklstm.config import ModelConfig, TrainConfig, as_dict
 from sparklstm.data import read_split
+from sparklstm.device import resolve_device
 from sparklstm.metrics import confusion_matrix, report
 from sparklstm.model import LSTMClassifier
 from sparklstm.prep import load_prepped
 from sparklstm.train import predict_split, seed_everything, train
 
 
-def baseline(prepped: str, epochs: int, batch_size: int, seed: int) -> dict:
+def baseline(prepped: str, epochs: int, batch_size: int, seed: int, device: str = "cpu") -> dict:
     vocab, labels, info = load_prepped(prepped)
     max_len = info["settings"]["max_len"]
     tr, val = read_split(f"{prepped}/train"), read_split(f"{prepped}/val")
@@ -41,7 +42,7 @@ def baseline(prepped: str, epochs: int, batch_size: int, seed: int) -> dict:
     # The default network, with the textbook element-wise dropout on the embeddings (sparklstm
     # locks the mask per sequence, which trains the same and draws T times fewer random numbers).
     model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(ModelConfig()),
-                           embed_dropout="element")
+                           embed_dropout="element").to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     x_all = np.zeros((len(tr), max_len), dtype=np.int64)  # every row padded to max_len
     for i, ids in enumerate(tr.ids):
@@ -53,16 +54,19 @@ def baseline(prepped: str, epochs: int, batch_size: int, seed: int) -> dict:
         started = time.perf_counter()
         for s in range(0, len(tr), batch_size):
             rows = order[s : s + batch_size]
-            x = torch.from_numpy(x_all[rows])
+            x = torch.from_numpy(x_all[rows]).to(device)  # (b, max_len)
             lengths = torch.from_numpy(tr.lengths[rows])
-            loss = model.loss(model(x, lengths), torch.from_numpy(tr.labels[rows]))
+            y = torch.from_numpy(tr.labels[rows]).to(device)
+            loss = model.loss(model(x, lengths.to(device)), y)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             tokens += int(lengths.sum())
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         seconds += time.perf_counter() - started
-    preds = predict_split(model, val, device="cpu")
+    preds = predict_split(model, val, device=device)
     f1 = report(confusion_matrix(val.labels, preds, len(labels)), labels)["macro_f1"]
     return {"tokens_per_s": tokens / seconds, "val_macro_f1": f1, "seconds": seconds}
 
@@ -73,16 +77,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both loops use it)")
     a = ap.parse_args()
-    base = baseline(a.prepped, a.epochs, a.batch_size, a.seed)
+    device = resolve_device(a.device)
+    base = baseline(a.prepped, a.epochs, a.batch_size, a.seed, device=device)
     with tempfile.TemporaryDirectory() as out:
-        cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, patience=a.epochs)
+        cfg = TrainConfig(epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, patience=a.epochs,
+                          device=device)
         m = train(prepped=a.prepped, out=Path(out) / "m", train_config=cfg, progress=False,
                   log=lambda s: None)
     ours = {"tokens_per_s": m["train_tokens_per_s"], "val_macro_f1": m["history"][-1]["val_macro_f1"],
             "best_val_macro_f1": m["val"]["macro_f1"], "seconds": m["train_seconds"],
             "precision": m["precision"]}
-    print(f"{a.epochs} epochs, batch {a.batch_size}, torch threads {torch.get_num_threads()}")
+    print(f"{a.epochs} epochs, batch {a.batch_size}, device {device}, "
+          f"torch threads {torch.get_num_threads()}")
     print(f"{'':32s} {'tokens/s':>10s} {'val macro-F1':>13s} {'seconds':>8s}")
     print(f"{'baseline (pad to max_len, fp32)':32s} {base['tokens_per_s']:10.0f} "
           f"{base['val_macro_f1']:13.4f} {base['seconds']:8.1f}")
