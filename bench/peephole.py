@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparklstm.model import LSTMClassifier
+from sparklstm.model import LSTMClassifier, locked_dropout
 from sparklstm import peephole_kernel
 from sparklstm.peephole import peephole_reference
 from sparklstm.runtime import tune_allocator
@@ -46,7 +46,7 @@ VOCAB = 5000
 
 
 class ReferenceStack(nn.Module):
-    """A StackedPeepholeLSTM's layers (shared weights) run by the original autograd loop."""
+    """A peephole RecurrentStack's layers (shared weights) run by the original autograd loop."""
 
     def __init__(self, stack: nn.Module, layer_fn=peephole_reference):
         super().__init__()
@@ -54,8 +54,8 @@ class ReferenceStack(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for n, layer in enumerate(self.layers):
-            if n > 0:
-                x = self.dropout(x)
+            if n > 0 and self.training and self.dropout > 0:
+                x = locked_dropout(x, self.dropout, steps_dim=1)  # as RecurrentStack
             x = self.layer_fn(x, layer.weight_ih, layer.weight_hh, layer.bias, layer.weight_peep)
         return x
 

@@ -42,7 +42,7 @@ def baseline(prepped: str, epochs: int, batch_size: int, seed: int, device: str 
     # The default network, with the textbook element-wise dropout on the embeddings (sparklstm
     # locks the mask per sequence, which trains the same and draws T times fewer random numbers).
     model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(ModelConfig()),
-                           embed_dropout="element").to(device)
+                           dropout_style="element").to(device)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     x_all = np.zeros((len(tr), max_len), dtype=np.int64)  # every row padded to max_len
     for i, ids in enumerate(tr.ids):

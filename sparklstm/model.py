@@ -18,6 +18,7 @@ looked at.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn.functional as F
@@ -81,33 +82,63 @@ class PeepholeLSTM(nn.Module):
                                          self.weight_peep)
 
 
-class StackedPeepholeLSTM(nn.Module):
-    """``num_layers`` PeepholeLSTM layers with dropout between them (as nn.LSTM's ``dropout``)."""
+def locked_dropout(x: torch.Tensor, p: float, *, steps_dim: int) -> torch.Tensor:
+    """Dropout with one mask per sequence, shared by every step (AWD-LSTM's variational dropout).
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
+    ``x`` has its steps along ``steps_dim``; the mask has size 1 there, so it draws B*D random
+    numbers where element-wise dropout draws T*B*D. Call it in training only.
+    """
+    shape = list(x.shape)
+    shape[steps_dim] = 1  # (B, 1, D) batch-first, (1, B, D) time-major
+    keep = 1.0 - p
+    return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+
+def _layer_keys(module, state_dict, prefix, *args) -> None:
+    """Load weights saved by a multi-layer nn.LSTM/nn.GRU (``weight_ih_l1``, ...), which is how
+    models were stored before the stack ran one module per layer: ``layers.1.weight_ih_l0``."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        m = re.fullmatch(r"((?:weight|bias)_(?:ih|hh))_l(\d+)", key[len(prefix):])
+        if m:
+            state_dict[f"{prefix}layers.{m[2]}.{m[1]}_l0"] = state_dict.pop(key)
+
+
+class RecurrentStack(nn.Module):
+    """``num_layers`` recurrent layers of one cell, batch-first outside, time-major inside, with
+    dropout between layers.
+
+    One module per layer (nn.LSTM, nn.GRU or PeepholeLSTM) rather than ``nn.LSTM(num_layers=2,
+    dropout=p)``, so the dropout between layers can be locked: one mask per sequence, as on the
+    embeddings. nn.LSTM's built-in dropout draws a Bernoulli number for every (t, b, h); on CPU
+    that draw alone took 13% of a bf16 training step. ``dropout_style="element"`` keeps the
+    per-element dropout (``bench/train.py``'s textbook baseline). In eval mode both are the
+    identity, and the layers compute exactly what a multi-layer nn.LSTM/nn.GRU computes.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int,
+                 dropout: float, *, dropout_style: str = "locked"):
         super().__init__()
+        make = {"lstm": nn.LSTM, "gru": nn.GRU, "peephole": PeepholeLSTM}[cell]
         sizes = [input_size] + [hidden_size] * (num_layers - 1)
-        self.layers = nn.ModuleList(PeepholeLSTM(s, hidden_size) for s in sizes)
-        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(make(s, hidden_size) for s in sizes)
+        self.dropout, self.dropout_style = dropout, dropout_style
+        self.register_load_state_dict_pre_hook(_layer_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # (B, T, D) -> (B, T, H); the layers run time-major so each step's rows are contiguous.
-        x = x.transpose(0, 1)
+        # (B, T, D) -> (B, T, H); time-major inside, so each step's rows are contiguous and the
+        # layers pass (T, B, H) buffers to each other without transposing.
+        x = x.transpose(0, 1)  # (T, B, D) view
         for n, layer in enumerate(self.layers):
-            if n > 0:
-                x = self.dropout(x)
-            x = layer.forward_time_major(x)
+            if n > 0 and self.training and self.dropout > 0:
+                if self.dropout_style == "locked":
+                    x = locked_dropout(x, self.dropout, steps_dim=0)
+                else:
+                    x = F.dropout(x, self.dropout, training=True)
+            if isinstance(layer, PeepholeLSTM):
+                x = layer.forward_time_major(x)  # (T, B, H)
+            else:
+                x = layer(x)[0]  # (T, B, H); nn.LSTM/GRU default to time-major
         return x.transpose(0, 1)
-
-
-def recurrent_stack(cell: str, input_size: int, hidden_size: int, num_layers: int,
-                    between: float) -> nn.Module:
-    """``num_layers`` recurrent layers of ``cell``, batch-first, dropout ``between`` them."""
-    if cell == "lstm":
-        return nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
-    if cell == "gru":
-        return nn.GRU(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
-    return StackedPeepholeLSTM(input_size, hidden_size, num_layers, between)
 
 
 def real_steps(T: int, lengths: torch.Tensor) -> torch.Tensor:
@@ -160,7 +191,7 @@ class LSTMClassifier(nn.Module):
         num_layers: int = 2,
         dropout: float = 0.2,
         pooling: str = "concat",
-        embed_dropout: str = "locked",
+        dropout_style: str = "locked",
         bidirectional: bool = True,
         bag_of_embeddings: bool = False,
     ):
@@ -170,19 +201,21 @@ class LSTMClassifier(nn.Module):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.pooling = pooling
-        if embed_dropout not in ("locked", "element"):
-            raise ValueError(f"embed_dropout must be locked or element, got {embed_dropout!r}")
-        self.embed_dropout = embed_dropout  # training only: no effect on a trained model's outputs
+        if dropout_style not in ("locked", "element"):
+            raise ValueError(f"dropout_style must be locked or element, got {dropout_style!r}")
+        # Training only, no effect on a trained model's outputs: one mask per sequence (locked) or
+        # per element, on the embeddings and between recurrent layers.
+        self.dropout_style = dropout_style
         if num_classes < 2:
             raise ValueError("a classifier needs at least 2 classes")
         self.num_classes = num_classes
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         stack = (cell, embed_dim, hidden_size, num_layers, dropout if num_layers > 1 else 0.0)
-        self.rnn = recurrent_stack(*stack)
+        self.rnn = RecurrentStack(*stack, dropout_style=dropout_style)
         # bidirectional: a second stack reads each row's real tokens last-to-first. Reversing per
         # row (not nn.LSTM(bidirectional=True), which reads the padding first) keeps padding unread.
-        self.rnn_reverse = recurrent_stack(*stack) if bidirectional else None
+        self.rnn_reverse = RecurrentStack(*stack, dropout_style=dropout_style) if bidirectional else None
         # bag_of_embeddings: the mean of the real tokens' embeddings joins the pooled states, a
         # fastText-style linear path from words to classes beside the recurrent one.
         self.bag_of_embeddings = bag_of_embeddings
@@ -193,27 +226,20 @@ class LSTMClassifier(nn.Module):
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: (B, T) right-padded with 0; lengths: (B,) real tokens per row, >= 1
         x = self.embedding(ids)  # (B, T, E)
-        if self.embed_dropout == "element":
+        if self.dropout_style == "element":
             x = self.dropout(x)  # a mask per element: B*T*E Bernoulli samples
         elif self.training and self.dropout.p > 0:
-            # Locked (variational) dropout: one mask per sequence, shared by every step, as
-            # AWD-LSTM does for RNN inputs. An element-wise mask drew B*T*E Bernoulli samples and
-            # took ~11% of a CPU training step; this draws B*E.
-            keep = 1.0 - self.dropout.p
-            x = x * x.new_empty(x.shape[0], 1, x.shape[2]).bernoulli_(keep).div_(keep)  # (B, 1, E)
-        parts = [self.pool(self._run(self.rnn, x), lengths)]  # (B, H) or (B, 3H)
+            # An element-wise mask drew B*T*E Bernoulli samples and took ~11% of a CPU training
+            # step; a mask per sequence draws B*E.
+            x = locked_dropout(x, self.dropout.p, steps_dim=1)  # mask (B, 1, E)
+        parts = [self.pool(self.rnn(x), lengths)]  # (B, H) or (B, 3H)
         if self.rnn_reverse is not None:
-            parts.append(self.pool(self._run(self.rnn_reverse, reverse_rows(x, lengths)), lengths))
+            parts.append(self.pool(self.rnn_reverse(reverse_rows(x, lengths)), lengths))
         if self.bag_of_embeddings:
             lengths = lengths.to(x.device)
             parts.append(masked_mean(x, real_steps(x.shape[1], lengths), lengths))  # (B, E)
         features = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.head(self.dropout(features))  # (B, 1) or (B, C)
-
-    @staticmethod
-    def _run(rnn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        out = rnn(x)
-        return out[0] if isinstance(out, tuple) else out  # (B, T, H)
 
     def pool(self, out: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, H) states -> (B, H) features (B, 3H for concat) from real steps only.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM, reverse_rows
+from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM, RecurrentStack, reverse_rows
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -226,7 +226,7 @@ def test_embedding_dropout_mask_is_locked_per_sequence(mode):
     (one (B, 1, E) mask); element drops each (b, t, e) independently. Eval: no dropout at all."""
     torch.manual_seed(0)
     model = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=16, hidden_size=8, dropout=0.5,
-                           embed_dropout=mode)
+                           dropout_style=mode)
     seen = []
     model.rnn.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
     ids = torch.full((3, 12), 5)  # the same token at every step
@@ -285,8 +285,48 @@ def test_bidirectional_reverse_stack_reads_each_row_backwards():
             torch.testing.assert_close(seen[0][r, :n], backwards)
             assert (seen[0][r, n:] == 0).all()
     assert set(model.rnn_reverse.state_dict()) == set(model.rnn.state_dict())
-    assert not torch.equal(model.rnn_reverse.weight_hh_l0, model.rnn.weight_hh_l0)  # own weights
+    assert not torch.equal(model.rnn_reverse.layers[0].weight_hh_l0, model.rnn.layers[0].weight_hh_l0)
     assert model.head.in_features == 2 * 12
     both = LSTMClassifier(vocab_size=VOCAB, num_classes=2, embed_dim=8, hidden_size=12,
                           bidirectional=True, bag_of_embeddings=True)
     assert both.head.in_features == 2 * 3 * 12 + 8  # concat pooling per direction + mean embedding
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_stack_computes_what_a_multilayer_torch_rnn_computes_and_loads_its_weights(cell):
+    """One module per layer, run time-major, is a 2-layer nn.LSTM/nn.GRU in eval mode; weights
+    saved from the multi-layer module (models stored before the stack) load into it."""
+    torch.manual_seed(0)
+    ref = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](6, 5, num_layers=2, batch_first=True).eval()
+    stack = RecurrentStack(cell, 6, 5, num_layers=2, dropout=0.3).eval()
+    stack.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 9, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(stack(x), ref(x)[0], rtol=0, atol=1e-6)
+    assert set(stack.state_dict()) == {f"layers.{k}.{w}_l0" for k in (0, 1)
+                                       for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+
+
+@pytest.mark.parametrize("style", ["locked", "element"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_between_layers_is_locked_per_sequence(cell, style):
+    """Training: the second layer's input has the same units dropped at every step of a sequence
+    (locked, the default) or each (t, b, h) on its own (element). Eval: no dropout."""
+    torch.manual_seed(0)
+    stack = RecurrentStack(cell, 4, 16, num_layers=2, dropout=0.5, dropout_style=style)
+    seen = []
+    second = stack.layers[1]
+    if cell == "peephole":  # the stack calls its time-major entry point, which hooks don't see
+        run = second.forward_time_major
+        second.forward_time_major = lambda x: (seen.append(x.detach()), run(x))[1]
+    else:
+        second.register_forward_hook(lambda module, args, out: seen.append(args[0].detach()))
+    x = torch.randn(3, 12, 4)
+    stack.train()
+    stack(x)
+    dropped = seen[-1] == 0  # (T, B, H) time-major inside the stack
+    assert 0 < dropped.float().mean() < 1
+    assert bool((dropped == dropped[:1]).all()) == (style == "locked")
+    stack.eval()
+    stack(x)
+    assert not (seen[-1] == 0).any()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sparklstm.model import LSTMClassifier, PeepholeLSTM, StackedPeepholeLSTM
+from sparklstm.model import LSTMClassifier, PeepholeLSTM, RecurrentStack
 from sparklstm.peephole import peephole_reference
 
 
@@ -269,7 +269,7 @@ def _graph_nodes(t: torch.Tensor) -> int:
 def test_autograd_graph_size_does_not_grow_with_length():
     """The recurrence is one graph node (hand-written backward through time), so the graph of a
     stacked layer has the same size for 3 and 60 steps; the seed's loop grows with T."""
-    stack = StackedPeepholeLSTM(4, 5, num_layers=2, dropout=0.0)
+    stack = RecurrentStack("peephole", 4, 5, num_layers=2, dropout=0.0)
     sizes = {T: _graph_nodes(stack(torch.randn(2, T, 4, requires_grad=True))) for T in (3, 60)}
     assert sizes[3] == sizes[60], sizes
     layer = stack.layers[0]
