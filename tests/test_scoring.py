@@ -394,6 +394,41 @@ def test_evaluate_scored_missing_label_column(spark, scored):
 
 
 # --------------------------------------------------------------------------------------------
+# model batches
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_length_batches_cover_the_rows_and_bound_padding(seed):
+    """Every row once, in order; no batch over max_rows; past min_rows a batch pads at most
+    PAD_WASTE of its real tokens, and it closes early only where the next row would break that."""
+    from sparklstm.predictor import PAD_WASTE, length_batches
+
+    rng = np.random.default_rng(seed)
+    lengths = np.sort(np.clip(rng.lognormal(4.8, 0.6, 1250).astype(int), 1, 256))
+    cuts = length_batches(lengths, max_rows=256, min_rows=64)
+    assert [a for a, _ in cuts] == [0] + [b for _, b in cuts[:-1]] and cuts[-1][1] == len(lengths)
+    padded = 0
+    for a, b in cuts:
+        rows, real = b - a, lengths[a:b].sum()
+        padded += rows * lengths[b - 1]
+        assert 1 <= rows <= 256
+        if rows > 64:
+            assert rows * lengths[b - 1] <= (1 + PAD_WASTE) * real
+        if rows < 256 and b < len(lengths):  # closed early: the next row would waste too much
+            assert rows >= 64 and (rows + 1) * lengths[b] > (1 + PAD_WASTE) * (real + lengths[b])
+    full = sum(min(256, len(lengths) - a) * lengths[min(a + 256, len(lengths)) - 1]
+               for a in range(0, len(lengths), 256))
+    assert padded < full  # less padding than full 256-row batches
+
+
+def test_length_batches_equal_lengths_fill_whole_batches():
+    from sparklstm.predictor import length_batches
+
+    assert length_batches(np.full(600, 7), max_rows=256, min_rows=64) == [(0, 256), (256, 512), (512, 600)]
+    assert length_batches(np.array([], dtype=int), max_rows=8, min_rows=2) == []
+
+
+# --------------------------------------------------------------------------------------------
 # device choice (CPU machine)
 
 
