@@ -124,8 +124,10 @@ class Predictor:
             return probs
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
-        batches = length_batches(lengths[order], max_rows=self.batch_size,
-                                 min_rows=max(1, self.batch_size // 4))
+        # int8 keeps whole batches: its quantized LSTM allocates per step, and batches of many
+        # sizes fragmented the heap that tune_allocator keeps (RSS 963 -> 1,459 MiB measured).
+        min_rows = self.batch_size if self.precision == "int8" else max(1, self.batch_size // 4)
+        batches = length_batches(lengths[order], max_rows=self.batch_size, min_rows=min_rows)
         with torch.inference_mode(), self._autocast():
             for start, end in batches:
                 rows = order[start:end]
