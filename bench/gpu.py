@@ -1,7 +1,8 @@
 """The CUDA paths, checked and measured in one short run on a machine with a GPU.
 
     python bench/gpu.py --make-data .gpu      # here, with Spark: the corpora and a model
-    python bench/gpu.py --data .gpu --out OUT # on the GPU machine (no Spark or Java needed)
+    python bench/gpu.py --data .gpu --out OUT # on the GPU machine (no Spark or Java needed;
+                                              # sparklstm is imported from this checkout)
 
 A lent GPU machine has torch with CUDA but no Spark, so the Spark steps (prep, and training the
 scoring model) run first on a CPU machine, and their outputs travel with the run. The GPU run
@@ -32,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ siblings: score, train, corpora
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # bench/ siblings (score, train), and sparklstm itself
 
 RESULTS: dict = {}
 # "cuda" on the GPU machine; "cpu" only for a dry run of this script on a machine without one.
@@ -85,6 +87,7 @@ def make_data(dest: Path) -> None:
     spam().to_parquet(raw)
     prep(spark, input_path=str(raw), out=dest / "spam_prepped", config=PrepConfig())
     spark.stop()
+    shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {dest}/score_model and {dest}/spam_prepped")
 
 

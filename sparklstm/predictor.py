@@ -35,6 +35,8 @@ def length_batches(lengths: np.ndarray, *, max_rows: int, min_rows: int,
     >>> length_batches(np.array([3, 3, 3, 9, 9]), max_rows=4, min_rows=1)
     [(0, 3), (3, 5)]
     """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     cuts, start, n = [], 0, len(lengths)
     while start < n:
         end, real = start, 0
@@ -65,6 +67,8 @@ class Predictor:
 
         if precision not in PRECISIONS:
             raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if batch_size < 1:
+            raise SparklstmError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact = artifact
         self.device = device
         self.batch_size = batch_size
@@ -124,9 +128,11 @@ class Predictor:
             return probs
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
-        # int8 keeps whole batches: its quantized LSTM allocates per step, and batches of many
-        # sizes fragmented the heap that tune_allocator keeps (RSS 963 -> 1,459 MiB measured).
-        min_rows = self.batch_size if self.precision == "int8" else max(1, self.batch_size // 4)
+        # Whole batches on GPUs, where a batch's cost follows its steps more than its rows (not
+        # yet measured there), and for int8: its quantized LSTM allocates per step, and batches of
+        # many sizes fragmented the heap that tune_allocator keeps (RSS 963 -> 1,459 MiB).
+        whole = self.precision == "int8" or not self.device.startswith("cpu")
+        min_rows = self.batch_size if whole else max(1, self.batch_size // 4)
         batches = length_batches(lengths[order], max_rows=self.batch_size, min_rows=min_rows)
         with torch.inference_mode(), self._autocast():
             for start, end in batches:

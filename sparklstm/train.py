@@ -109,6 +109,8 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
 
     mcfg = model_config or ModelConfig()
     tcfg = train_config or TrainConfig()
+    if not 0 <= mcfg.dropout < 1:
+        raise SparklstmError(f"model.dropout must be >= 0 and < 1, got {mcfg.dropout}")
     vocab, labels, prep_info = load_prepped(prepped)
     max_len = prep_info["settings"]["max_len"]
     # Splits larger than the shuffle buffer are streamed from their Parquet shards (shards.py).

@@ -303,8 +303,23 @@ def test_stack_computes_what_a_multilayer_torch_rnn_computes_and_loads_its_weigh
     x = torch.randn(3, 9, 6)
     with torch.no_grad():
         torch.testing.assert_close(stack(x), ref(x)[0], rtol=0, atol=1e-6)
-    assert set(stack.state_dict()) == {f"layers.{k}.{w}_l0" for k in (0, 1)
-                                       for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    # Saved under the multi-layer module's names, so older versions read new models too.
+    assert set(stack.state_dict()) == set(ref.state_dict())
+    again = RecurrentStack(cell, 6, 5, num_layers=2, dropout=0.3).eval()
+    again.load_state_dict(stack.state_dict(), strict=True)
+    assert torch.equal(again.layers[1].weight_hh_l0, ref.weight_hh_l1)
+
+
+def test_reverse_rows_never_reads_another_row():
+    """A length beyond T (a caller's mistake) stays inside its own row."""
+    x = torch.arange(1.0, 7.0).view(2, 3, 1)  # rows [1, 2, 3] and [4, 5, 6]
+    out = reverse_rows(x, torch.tensor([5, 3]))[..., 0]
+    assert out[0].tolist() == [3, 3, 3] and out[1].tolist() == [6, 5, 4]
+
+
+def test_dropout_must_leave_something():
+    with pytest.raises(ValueError, match="dropout"):
+        LSTMClassifier(vocab_size=10, num_classes=2, dropout=1.0)
 
 
 @pytest.mark.parametrize("style", ["locked", "element"])

@@ -426,6 +426,14 @@ def test_length_batches_equal_lengths_fill_whole_batches():
 
     assert length_batches(np.full(600, 7), max_rows=256, min_rows=64) == [(0, 256), (256, 512), (512, 600)]
     assert length_batches(np.array([], dtype=int), max_rows=8, min_rows=2) == []
+    assert length_batches(np.array([1, 9]), max_rows=8, min_rows=8) == [(0, 2)]  # whole batches
+    with pytest.raises(ValueError, match="max_rows"):
+        length_batches(np.array([3]), max_rows=0, min_rows=0)
+
+
+def test_predictor_refuses_a_batch_size_below_one(model_dir):
+    with pytest.raises(SparklstmError, match="batch_size"):
+        Predictor.from_dir(model_dir, batch_size=0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -226,3 +226,13 @@ def test_missing_config_file(tmp_path):
     """A config path that does not exist is a SparklstmError."""
     with pytest.raises(SparklstmError, match="not found"):
         load_config(path=tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("dropout", [1.0, -0.1])
+def test_train_refuses_a_dropout_outside_0_1(tmp_path, dropout):
+    """Checked before any data is read: a dropout of 1 would divide by zero in training."""
+    from sparklstm.config import ModelConfig
+    from sparklstm.train import train
+
+    with pytest.raises(SparklstmError, match="model.dropout"):
+        train(prepped=tmp_path / "absent", out=tmp_path / "m", model_config=ModelConfig(dropout=dropout))
