@@ -12,9 +12,10 @@ then checks and times, each section on its own so one failure does not hide the 
              per-worker model cache of ``classify_udf`` keeps one model per device; int8 on
              CUDA is refused with a clear error.
 2. scoring   the in-process pipeline of ``classify_udf`` (``Predictor``) on CUDA, fp32 and bf16,
-             at several model batch sizes: encode (CPU) and forward (GPU) timed apart; the
-             padded-to-max_len fp32 forward that a ``predict_batch_udf`` user writes; the same
-             rows on the CPU for agreement (identical labels, max probability difference).
+             at several model batch sizes, whole and closed early as on CPU; encode (CPU) and
+             forward (GPU) timed apart; the padded-to-max_len fp32 forward that a
+             ``predict_batch_udf`` user writes; the same rows on the CPU for agreement
+             (identical labels, max probability difference).
 3. peephole  the from-scratch cell on CUDA against a float64 CPU reference (forward and
              gradients), since its C step is CPU-only and CUDA runs the torch path.
 4. training  ``bench/train.py``'s plain padded fp32 loop against sparklstm's trainer, both on
@@ -183,6 +184,13 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
             got[f"forward_{precision}_b{bs}_docs_per_s"] = rows / secs
             print(f"  forward on CUDA, {precision}, batch {bs:5d}: {rows / secs:10,.0f} docs/s "
                   f"{tokens / secs:12,.0f} tokens/s")
+    for bs in (256, 1024):  # Predictor keeps whole batches on GPUs; the CPU's rule, timed here
+        q = Predictor(artifact, device=DEVICE, batch_size=bs)
+        q.early_close = True
+        secs = timed(lambda: q.predict_ids(ids))
+        got[f"forward_fp32_b{bs}_early_close_docs_per_s"] = rows / secs
+        print(f"  forward on CUDA, fp32, batch {bs:5d}, batches closed early as on CPU: "
+              f"{rows / secs:10,.0f} docs/s")
     q = Predictor(artifact, device=DEVICE, batch_size=256)
     secs = timed(lambda: forward_padded_on(q, ids, batch_size=256))
     got["forward_padded_max_len_fp32_b256_docs_per_s"] = rows / secs

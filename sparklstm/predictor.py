@@ -76,6 +76,11 @@ class Predictor:
         self.labels = artifact.labels
         self.max_len = artifact.max_len
         self.vocab = artifact.vocab
+        # Close model batches early rather than pad them (length_batches) on CPU only. GPUs keep
+        # whole batches: there a batch's cost follows its steps more than its rows (bench/gpu.py
+        # times both). So does int8: its quantized LSTM allocates per step, and batches of many
+        # sizes fragmented the heap that tune_allocator keeps (RSS 963 -> 1,459 MiB measured).
+        self.early_close = precision != "int8" and device.startswith("cpu")
         # Denormal floats appear in LSTM states and are ~100x slower on x86; flushing them to
         # zero changes results by < 1e-30.
         torch.set_flush_denormal(True)
@@ -128,11 +133,7 @@ class Predictor:
             return probs
         lengths = np.fromiter((len(a) for a in ids), dtype=np.int64, count=n)
         order = np.argsort(lengths, kind="stable")
-        # Whole batches on GPUs, where a batch's cost follows its steps more than its rows (not
-        # yet measured there), and for int8: its quantized LSTM allocates per step, and batches of
-        # many sizes fragmented the heap that tune_allocator keeps (RSS 963 -> 1,459 MiB).
-        whole = self.precision == "int8" or not self.device.startswith("cpu")
-        min_rows = self.batch_size if whole else max(1, self.batch_size // 4)
+        min_rows = max(1, self.batch_size // 4) if self.early_close else self.batch_size
         batches = length_batches(lengths[order], max_rows=self.batch_size, min_rows=min_rows)
         with torch.inference_mode(), self._autocast():
             for start, end in batches:
