@@ -431,6 +431,18 @@ def test_length_batches_equal_lengths_fill_whole_batches():
         length_batches(np.array([3]), max_rows=0, min_rows=0)
 
 
+def test_batches_close_early_on_cpu_only_and_never_change_results(model_dir, predictor):
+    """fp32/bf16 on CPU close batches early; int8 keeps whole ones (heap fragmentation), as do
+    GPUs (checked by the flag: there is no GPU here). Either way the probabilities agree."""
+    assert predictor.early_close
+    assert not Predictor.from_dir(model_dir, precision="int8").early_close
+    texts = [" ".join(["free prize now"] * n) for n in (1, 3, 40, 2, 90, 7, 5, 60, 4, 33)]
+    whole = Predictor.from_dir(model_dir, batch_size=4)
+    whole.early_close = False
+    np.testing.assert_allclose(Predictor.from_dir(model_dir, batch_size=4).predict_arrays(texts)[2],
+                               whole.predict_arrays(texts)[2], rtol=0, atol=1e-6)
+
+
 def test_predictor_refuses_a_batch_size_below_one(model_dir):
     with pytest.raises(SparklstmError, match="batch_size"):
         Predictor.from_dir(model_dir, batch_size=0)
