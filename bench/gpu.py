@@ -49,23 +49,18 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def section(name: str, out: Path | None):
+def run_section(name: str, fn, out: Path | None) -> None:
     """Run a section, record its figures or its error, and write everything so far."""
-
-    def wrap(fn):
-        started = time.perf_counter()
-        print(f"\n== {name}", flush=True)
-        try:
-            RESULTS[name] = fn()
-        except Exception as e:  # one broken section must not hide the others' figures
-            traceback.print_exc()
-            RESULTS[name] = {"error": f"{type(e).__name__}: {e}"}
-        RESULTS[name + "_seconds"] = round(time.perf_counter() - started, 1)
-        if out is not None:
-            (out / "gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
-        return fn
-
-    return wrap
+    started = time.perf_counter()
+    print(f"\n== {name}", flush=True)
+    try:
+        RESULTS[name] = fn()
+    except Exception as e:  # one broken section must not hide the others' figures
+        traceback.print_exc()
+        RESULTS[name] = {"error": f"{type(e).__name__}: {e}"}
+    RESULTS[name + "_seconds"] = round(time.perf_counter() - started, 1)
+    if out is not None:
+        (out / "gpu.json").write_text(json.dumps(RESULTS, indent=2, default=str))
 
 
 def make_data(dest: Path) -> None:
@@ -128,26 +123,9 @@ def check_devices(data: Path) -> dict:
     return got
 
 
-def forward_padded_on(p, ids: list, *, batch_size: int) -> np.ndarray:
-    """predict_batch_udf's user code: every batch padded to max_len, fp32, on p.device."""
-    import torch
-
-    out = np.empty(len(ids))
-    with torch.inference_mode():
-        for s in range(0, len(ids), batch_size):
-            chunk = ids[s : s + batch_size]
-            x = np.zeros((len(chunk), p.max_len), dtype=np.int64)  # (b, max_len)
-            for i, e in enumerate(chunk):
-                x[i, : len(e)] = e
-            lengths = torch.from_numpy(np.array([len(e) for e in chunk]))
-            probs = p.model.probabilities(p.model(torch.from_numpy(x).to(p.device), lengths.to(p.device)))
-            out[s : s + len(chunk)] = probs[:, -1].double().cpu().numpy()
-    return out
-
-
 def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
     import torch
-    from score import make_texts
+    from score import make_texts, padded_forward
 
     from sparklstm.artifact import load_artifact
     from sparklstm.predictor import Predictor
@@ -192,7 +170,7 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
         print(f"  forward on CUDA, fp32, batch {bs:5d}, batches closed early as on CPU: "
               f"{rows / secs:10,.0f} docs/s")
     q = Predictor(artifact, device=DEVICE, batch_size=256)
-    secs = timed(lambda: forward_padded_on(q, ids, batch_size=256))
+    secs = timed(lambda: padded_forward(q, ids, batch_size=256))
     got["forward_padded_max_len_fp32_b256_docs_per_s"] = rows / secs
     print(f"  forward on CUDA, padded to max_len, fp32, batch 256 (predict_batch_udf's user code): "
           f"{rows / secs:,.0f} docs/s")
@@ -311,7 +289,7 @@ def main() -> None:
             "peephole": peephole_check,
             "training": lambda: training_figures(a.data, a.epochs, a.peephole_epochs)}
     for name in a.only.split(","):
-        section(name, a.out)(jobs[name])
+        run_section(name, jobs[name], a.out)
     failed = [k for k, v in RESULTS.items() if isinstance(v, dict) and "error" in v]
     print("\nsections failed: " + (", ".join(failed) if failed else "none"))
     sys.exit(1 if failed else 0)

@@ -93,18 +93,29 @@ def build_model(spark, workdir: Path) -> Path:
     return workdir / "model"
 
 
-def forward_padded(p: Predictor, texts) -> np.ndarray:
-    """P(last class) of texts encoded and padded to max_len, fp32: what users write today."""
+def padded_forward(p: Predictor, ids: list, *, batch_size: int | None = None) -> np.ndarray:
+    """P(last class) of encoded texts, every batch padded to max_len, fp32, on ``p.device``:
+    what users write today. One forward pass unless ``batch_size`` is given."""
     import torch
 
-    ids = np.zeros((len(texts), p.max_len), dtype=np.int64)  # (N, max_len) whatever the lengths
-    for i, t in enumerate(texts):
-        e = p.vocab.encode(t, max_len=p.max_len)
-        ids[i, : len(e)] = e
-    lengths = torch.from_numpy(np.maximum((ids > 0).sum(1), 1))
+    out = np.empty(len(ids))
+    step = batch_size or max(1, len(ids))
     with torch.inference_mode():
-        probs = p.model.probabilities(p.model(torch.from_numpy(ids), lengths))
-    return probs[:, -1].numpy().astype(np.float64)
+        for s in range(0, len(ids), step):
+            chunk = ids[s : s + step]
+            x = np.zeros((len(chunk), p.max_len), dtype=np.int64)  # (b, max_len) whatever the lengths
+            for i, e in enumerate(chunk):
+                x[i, : len(e)] = e
+            lengths = torch.from_numpy(np.array([max(len(e), 1) for e in chunk]))
+            probs = p.model.probabilities(p.model(torch.from_numpy(x).to(p.device),
+                                                  lengths.to(p.device)))
+            out[s : s + len(chunk)] = probs[:, -1].double().cpu().numpy()
+    return out
+
+
+def forward_padded(p: Predictor, texts) -> np.ndarray:
+    """``padded_forward`` of raw texts (the predict function of (c) and (d))."""
+    return padded_forward(p, [p.vocab.encode(t, max_len=p.max_len) for t in texts])
 
 
 def naive_udf(model_dir: str):
