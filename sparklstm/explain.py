@@ -211,13 +211,14 @@ def _grad_context(device: str):
     return stack
 
 
-# fp32 copies of int8 predictors' networks (quantized modules have no gradients), freed with
-# their predictor. bf16 predictors keep fp32 weights (autocast only), so they need no copy.
+# fp32 copies of int8 predictors' networks (quantized modules have no gradients) and of bf16
+# ones whose weights were cast once (Predictor.cast_bf16), freed with their predictor. Other
+# bf16 predictors keep fp32 weights (autocast only), so they need no copy.
 _FP32: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _fp32_model(predictor):
-    if getattr(predictor, "precision", "fp32") != "int8":
+    if getattr(predictor, "precision", "fp32") != "int8" and not getattr(predictor, "cast_bf16", False):
         return predictor.model
     model = _FP32.get(predictor)
     if model is None:

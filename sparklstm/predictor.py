@@ -86,6 +86,15 @@ class Predictor:
         torch.set_flush_denormal(True)
         tune_allocator()
         self.model = artifact.build_model(device=device)
+        # bf16 on CPU with nn.LSTM: cast the weights once here instead of letting autocast cast
+        # them, and each batch's embeddings, in every forward pass. CPU autocast runs every op
+        # of this model in bf16 anyway, so the results are bit-identical (a test checks) and
+        # scoring is ~4% faster. Other cells keep autocast: it leaves CPU GRUs in fp32 and
+        # peephole cell state in fp32; CUDA autocast sums in fp32.
+        self.cast_bf16 = (precision == "bf16" and device.startswith("cpu")
+                          and artifact.config["model"]["cell"] == "lstm")
+        if self.cast_bf16:
+            self.model = self.model.to(torch.bfloat16)
         if precision == "int8":
             if not device.startswith("cpu"):
                 raise SparklstmError("precision int8 (dynamic quantization) runs on CPU only")
@@ -106,7 +115,7 @@ class Predictor:
 
         import torch
 
-        if self.precision != "bf16":
+        if self.precision != "bf16" or self.cast_bf16:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.split(":")[0], dtype=torch.bfloat16)
 

@@ -115,8 +115,8 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
     The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
 
-    ``precision``: ``fp32`` (default), ``bf16`` (autocast; faster on CPUs with AVX-512 BF16 /
-    AMX and on GPUs), ``int8`` (dynamic quantization, CPU). ``buffer_rows``: rows gathered across
+    ``precision``: ``fp32`` (default), ``bf16`` (autocast's results; faster on CPUs with AVX-512
+    BF16 / AMX and on GPUs), ``int8`` (dynamic quantization, CPU). ``buffer_rows``: rows gathered across
     Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
     1024)``). ``explain=k`` adds ``explanation: array<struct<token, attribution>>``, the top-k
     tokens for the predicted class (integrated gradients, or ``explain_method="occlusion"``);

@@ -216,14 +216,15 @@ def test_explain_batch_equals_single_text_explain(zebra):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # torch deprecates its quantized tensor API
-def test_an_int8_predictor_is_explained_with_its_fp32_network(zebra):
-    """Quantized modules have no gradients: IG runs on the fp32 network of the same artifact,
-    for the class the int8 predictor reports."""
-    int8 = Predictor(zebra.artifact, precision="int8")
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_a_low_precision_predictor_is_explained_with_its_fp32_network(zebra, precision):
+    """Quantized modules have no gradients, and a bf16 predictor's weights were cast once: IG
+    runs on the fp32 network of the same artifact, for the class the predictor reports."""
+    low = Predictor(zebra.artifact, precision=precision)
     for text in zebra_texts(3, seed=9):
-        e8, e32 = explain(int8, text), explain(zebra, text)
-        assert e8.label == e32.label == "with"
-        np.testing.assert_allclose(e8.attributions, e32.attributions, atol=1e-5)
+        e_low, e32 = explain(low, text), explain(zebra, text)
+        assert e_low.label == e32.label == "with"
+        np.testing.assert_allclose(e_low.attributions, e32.attributions, atol=1e-5)
 
 
 def test_bad_arguments(zebra):

@@ -443,6 +443,32 @@ def test_batches_close_early_on_cpu_only_and_never_change_results(model_dir, pre
                                whole.predict_arrays(texts)[2], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
+def test_bf16_weights_cast_once_on_cpu_give_autocasts_results(model_dir, tmp_path, cell):
+    """bf16 on CPU casts nn.LSTM models' weights once instead of autocasting every batch:
+    bit-identical probabilities. GRU and peephole models keep autocast (it runs parts of them
+    in fp32)."""
+    import torch
+
+    from sparklstm.artifact import load_artifact, save_model
+    from sparklstm.model import LSTMClassifier
+
+    art = load_artifact(model_dir)
+    config = {**{k: v for k, v in art.config["model"].items() if k != "vocab_size"}, "cell": cell}
+    torch.manual_seed(0)
+    model = LSTMClassifier(vocab_size=len(art.vocab), num_classes=len(art.labels), **config)
+    out = save_model(tmp_path / cell, model=model, vocab=art.vocab, labels=art.labels,
+                     model_config=config, max_len=art.max_len, metrics={})
+    cast = Predictor.from_dir(out, precision="bf16", batch_size=4)
+    assert cast.cast_bf16 == (cell == "lstm")
+    autocast = Predictor.from_dir(out, precision="bf16", batch_size=4)
+    autocast.cast_bf16, autocast.model = False, autocast.artifact.build_model()  # fp32 + autocast
+    texts = [r["text"] for r in make_corpus(40, seed=3)]
+    np.testing.assert_array_equal(cast.predict_arrays(texts)[2], autocast.predict_arrays(texts)[2])
+    fp32 = Predictor.from_dir(out).predict_arrays(texts)[2]
+    np.testing.assert_allclose(cast.predict_arrays(texts)[2], fp32, atol=0.05)
+
+
 def test_predictor_refuses_a_batch_size_below_one(model_dir):
     with pytest.raises(SparklstmError, match="batch_size"):
         Predictor.from_dir(model_dir, batch_size=0)
