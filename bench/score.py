@@ -2,8 +2,8 @@
 
     python bench/score.py [--rows 20000] [--precisions fp32,bf16,int8] [--mean-tokens 160] [--large 0]
 
-One generated corpus (log-normal lengths, mean ~150 tokens, max_len 256) and one trained model
-(the default architecture), measured in one run:
+One generated corpus (log-normal lengths, mean ~150 tokens, max_len 256; ``--mean-tokens``
+changes the mean) and one trained model (the default architecture), measured in one run:
 
   (a) bare in-process pipeline: tokenize + encode + forward with ``Predictor``, no Spark
   (b) sparklstm ``classify_udf`` end to end through Spark local[2] (noop sink)
@@ -11,8 +11,9 @@ One generated corpus (log-normal lengths, mean ~150 tokens, max_len 256) and one
       to max_len in fp32 (what a user writes today)
   (d) a naive pandas UDF that loads the model in every batch
 
-Prints docs/s, tokens/s, the ratios b/c and b/a, each precision's agreement with fp32, and the
-peak RSS of Spark's Python workers. ``--large N`` also scores N generated rows made inside Spark
+Prints docs/s, tokens/s, the ratios b/c and b/a, the corpus's padded/real steps (what b/c can
+reach at one precision) and the share of it that b/c reaches, each precision's agreement with
+fp32, and the peak RSS of Spark's Python workers. ``--large N`` also scores N generated rows made inside Spark
 (never on the driver) and reports peak worker RSS, to show memory stays bounded.
 """
 

@@ -36,10 +36,10 @@ class ModelConfig:
     num_layers: int = 2
     dropout: float = 0.2  # on the embeddings, between layers and before the dense layer
     # last | max | mean | concat (last, max and mean side by side). concat measured best on the
-    # many-class corpus (README, "Accuracy on real data") and within noise on spam.
+    # many-class corpus (bench/NOTES.md, "Accuracy on real data") and within noise on spam.
     pooling: str = "concat"
     # A second stack reads each row's real tokens backwards: +2.3 points of macro-F1 on the
-    # 9-class corpus, +1.5 on spam (README, "Accuracy on real data"), at twice the compute.
+    # 9-class corpus, +1.5 on spam (bench/NOTES.md, "Accuracy on real data"), at twice the compute.
     bidirectional: bool = True
     bag_of_embeddings: bool = False  # the mean of the token embeddings joins the pooled states
 
@@ -49,7 +49,7 @@ class TrainConfig:
     epochs: int = 15
     batch_size: int = 64
     # A higher start decayed to 0 (cosine) beat a constant 1e-3 by 6-8 points of macro-F1 on the
-    # 9-class corpus, which was still improving at epoch 15 with 1e-3 (README, "Accuracy ...").
+    # 9-class corpus, which was still improving at epoch 15 with 1e-3 (bench/NOTES.md, "Accuracy").
     lr: float = 3e-3
     lr_schedule: str = "cosine"  # constant | cosine (per step, from lr to 0 over all epochs)
     class_weights: str = "none"  # none | balanced (loss weight n / (C * n_c): rare classes count more)
@@ -58,7 +58,9 @@ class TrainConfig:
     patience: int = 4  # epochs without a better validation macro-F1 before stopping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    flush_denormal: bool = True  # ~7x faster nn.LSTM training on this x86 CPU (see README)
+    # Denormals are ~100x slower on x86; flushing gained nothing on the idle VM but 6.8x under
+    # load in one early run (bench/NOTES.md, "Training throughput"), and changes results < 1e-30.
+    flush_denormal: bool = True
     # auto: bf16 autocast (fp32 master weights) where the CPU/GPU runs it natively, else fp32;
     # ~2.4x the tokens/s here at the same accuracy (README, "Benchmarks").
     precision: str = "auto"  # auto | fp32 | bf16

@@ -20,7 +20,7 @@ PRECISIONS = ("fp32", "bf16", "int8")
 # A model batch closes early, once it holds batch_size // 4 rows, when its next row would pad it
 # beyond this share of its real tokens. Per-token speed on CPU is nearly flat from 64 to 256
 # rows (fp32 -2%, bf16 -5% at 64), while a small buffer cut into full 256-row batches padded
-# 1,250 rows of the benchmark corpus by 14.6% (5% with this rule; README, "Scoring").
+# 1,250 rows of the benchmark corpus by 14.6% (5% with this rule; bench/NOTES.md, "Scoring").
 PAD_WASTE = 0.05
 
 
@@ -53,6 +53,10 @@ def length_batches(lengths: np.ndarray, *, max_rows: int, min_rows: int,
 
 class Predictor:
     """A loaded model with its vocabulary, ready to score texts.
+
+    ``model`` is the network in eval mode on ``device``: fp32, except int8 (dynamically
+    quantized) and bf16 on CPU for nn.LSTM models without the bag of embeddings (weights cast
+    once, ``cast_bf16``); explanations always use an fp32 network.
 
     Example
     -------
@@ -89,10 +93,13 @@ class Predictor:
         # bf16 on CPU with nn.LSTM: cast the weights once here instead of letting autocast cast
         # them, and each batch's embeddings, in every forward pass. CPU autocast runs every op
         # of this model in bf16 anyway, so the results are bit-identical (a test checks) and
-        # scoring is ~4% faster. Other cells keep autocast: it leaves CPU GRUs in fp32 and
-        # peephole cell state in fp32; CUDA autocast sums in fp32.
+        # scoring is ~4% faster. Everything else keeps autocast, which runs parts of it in
+        # fp32: CPU GRUs, peephole cell state, the bag-of-embeddings mean (fp32 embeddings),
+        # and sums on CUDA. ``self.model`` is then a bf16 network.
+        model_config = artifact.config["model"]
         self.cast_bf16 = (precision == "bf16" and device.startswith("cpu")
-                          and artifact.config["model"]["cell"] == "lstm")
+                          and model_config["cell"] == "lstm"
+                          and not model_config.get("bag_of_embeddings", False))
         if self.cast_bf16:
             self.model = self.model.to(torch.bfloat16)
         if precision == "int8":

@@ -127,7 +127,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     if tcfg.num_threads > 0:
         torch.set_num_threads(tcfg.num_threads)
     # Denormal floats show up in LSTM gradients and are ~100x slower on x86 CPUs; flushing them
-    # measured ~14x faster nn.LSTM training here (README, "Benchmarks").
+    # is harmless, and helped under load (bench/NOTES.md, "Training throughput").
     torch.set_flush_denormal(tcfg.flush_denormal)
     tune_allocator()  # no page faults for each batch's fresh buffers (+45% tokens/s measured)
     precision = training_precision(tcfg.precision, device)

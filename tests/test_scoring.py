@@ -443,24 +443,27 @@ def test_batches_close_early_on_cpu_only_and_never_change_results(model_dir, pre
                                whole.predict_arrays(texts)[2], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole"])
-def test_bf16_weights_cast_once_on_cpu_give_autocasts_results(model_dir, tmp_path, cell):
+@pytest.mark.parametrize("cell, change", [
+    ("lstm", {}), ("lstm", {"pooling": "last", "bidirectional": False}), ("lstm", {"pooling": "mean"}),
+    ("lstm", {"bag_of_embeddings": True}), ("gru", {}), ("peephole", {})])
+def test_bf16_weights_cast_once_on_cpu_give_autocasts_results(model_dir, tmp_path, cell, change):
     """bf16 on CPU casts nn.LSTM models' weights once instead of autocasting every batch:
-    bit-identical probabilities. GRU and peephole models keep autocast (it runs parts of them
-    in fp32)."""
+    bit-identical probabilities. Where autocast runs parts in fp32 (GRU, peephole state, the
+    bag-of-embeddings mean) the model keeps autocast, and the comparison checks that path."""
     import torch
 
     from sparklstm.artifact import load_artifact, save_model
     from sparklstm.model import LSTMClassifier
 
     art = load_artifact(model_dir)
-    config = {**{k: v for k, v in art.config["model"].items() if k != "vocab_size"}, "cell": cell}
+    config = {**{k: v for k, v in art.config["model"].items() if k != "vocab_size"}, "cell": cell,
+              **change}
     torch.manual_seed(0)
     model = LSTMClassifier(vocab_size=len(art.vocab), num_classes=len(art.labels), **config)
-    out = save_model(tmp_path / cell, model=model, vocab=art.vocab, labels=art.labels,
+    out = save_model(tmp_path / "model", model=model, vocab=art.vocab, labels=art.labels,
                      model_config=config, max_len=art.max_len, metrics={})
     cast = Predictor.from_dir(out, precision="bf16", batch_size=4)
-    assert cast.cast_bf16 == (cell == "lstm")
+    assert cast.cast_bf16 == (cell == "lstm" and not change.get("bag_of_embeddings"))
     autocast = Predictor.from_dir(out, precision="bf16", batch_size=4)
     autocast.cast_bf16, autocast.model = False, autocast.artifact.build_model()  # fp32 + autocast
     texts = [r["text"] for r in make_corpus(40, seed=3)]
@@ -532,3 +535,25 @@ def test_udf_explain_adds_top_k_tokens(spark, model_dir):
         got = [(e["token"], e["attribution"]) for e in row["p"]["explanation"]]
         assert [t for t, _ in got] == [t for t, _ in expected]
         assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(got, expected))
+
+
+def test_udf_in_bf16_equals_the_local_bf16_predictor_and_explains_in_fp32(spark, model_dir):
+    """precision=bf16 through Spark: the same probabilities as a local bf16 Predictor (whose
+    weights are cast once), and explanations from the fp32 network, as explain_batch gives."""
+    from sparklstm.explain import explain_batch
+
+    texts = mixed_texts()
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, text string").coalesce(1)
+    classify = classify_udf(spark, model_dir, precision="bf16", explain=2, explain_method="occlusion")
+    got = sorted(df.withColumn("p", classify("text")).collect(), key=lambda r: r["id"])
+    local = Predictor.from_dir(model_dir, precision="bf16")
+    assert local.cast_bf16
+    fp32 = Predictor.from_dir(model_dir).predict(texts)
+    for row, expected, full in zip(got, local.predict(texts), fp32):
+        assert_same(row["p"], expected)  # one partition: the same batches as locally
+        if full is not None:  # and close to fp32
+            np.testing.assert_allclose(row["p"]["probabilities"], full["probabilities"], atol=0.05)
+    top = explain_batch(Predictor.from_dir(model_dir), texts, k=2, method="occlusion")
+    for row, expected in zip(got, top):
+        if expected is not None:
+            assert [e["token"] for e in row["p"]["explanation"]] == [t for t, _ in expected]
