@@ -95,8 +95,9 @@ def build_model(spark, workdir: Path) -> Path:
 
 
 def padded_forward(p: Predictor, ids: list, *, batch_size: int | None = None) -> np.ndarray:
-    """P(last class) of encoded texts, every batch padded to max_len, fp32, on ``p.device``:
-    what users write today. One forward pass unless ``batch_size`` is given."""
+    """P(last class) of encoded texts, every batch padded to max_len, on ``p.device`` and in
+    ``p.model``'s dtype, no autocast (every caller here passes an fp32 predictor): what users
+    write today. One forward pass unless ``batch_size`` is given."""
     import torch
 
     out = np.empty(len(ids))
