@@ -23,7 +23,7 @@ from .predictor import PRECISIONS
 
 RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
 
-# Per Python worker process: (model sha256, device) -> Predictor. A reused worker keeps it.
+# Per Python worker process: (model sha256, device, precision) -> Predictor. A reused worker keeps it.
 _PREDICTORS: dict = {}
 # How many times this worker process decoded a model (the scale tests read it per worker).
 LOAD_COUNT = {"n": 0}

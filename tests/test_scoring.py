@@ -493,6 +493,31 @@ def test_task_gpu_device_mapping(monkeypatch):
     assert task_gpu_device(["3"]) == "cuda:1"
 
 
+def test_worker_cache_keeps_one_predictor_per_model_device_and_precision(spark, model_dir):
+    """A reused worker decodes the model once per key; a new precision (or device) is a new key."""
+    from sparklstm.artifact import model_from_files, read_model_files
+    from sparklstm.scoring import _PREDICTORS, LOAD_COUNT, _predictor
+
+    files = read_model_files(model_dir)
+    files_bc = spark.sparkContext.broadcast(files)
+    model_id = model_from_files(files).model_id
+    saved = dict(_PREDICTORS)
+    _PREDICTORS.clear()
+    try:
+        loads = LOAD_COUNT["n"]
+        fp32 = _predictor(files_bc, model_id, "cpu", 64, "fp32")
+        again = _predictor(files_bc, model_id, "cpu", 128, "fp32")
+        assert again is fp32 and fp32.batch_size == 128  # same key: cached, batch size follows the call
+        bf16 = _predictor(files_bc, model_id, "cpu", 64, "bf16")
+        assert bf16 is not fp32
+        assert LOAD_COUNT["n"] == loads + 2
+        assert set(_PREDICTORS) == {(model_id, "cpu", "fp32"), (model_id, "cpu", "bf16")}
+    finally:
+        _PREDICTORS.clear()
+        _PREDICTORS.update(saved)
+        files_bc.unpersist()
+
+
 def test_task_device_inside_a_spark_task_is_cpu(spark):
     from sparklstm.scoring import _task_device
 
