@@ -494,7 +494,8 @@ def test_task_gpu_device_mapping(monkeypatch):
 
 
 def test_worker_cache_keeps_one_predictor_per_model_device_and_precision(spark, model_dir):
-    """A reused worker decodes the model once per key; a new precision (or device) is a new key."""
+    """A reused worker decodes the model once per key; a new precision is a new key (the device is
+    part of the same key; a second device needs CUDA, not here)."""
     from sparklstm.artifact import model_from_files, read_model_files
     from sparklstm.scoring import _PREDICTORS, LOAD_COUNT, _predictor
 
