@@ -71,6 +71,8 @@ class ModelArtifact:
             pooling=m.get("pooling", "last"),  # artifacts from before pooling read the last state
             bidirectional=m.get("bidirectional", False),
             bag_of_embeddings=m.get("bag_of_embeddings", False),
+            wide=m.get("wide", False),  # artifacts from before the wide path have none
+            wide_buckets=m.get("wide_buckets", 262_139),
         )
         try:
             model.load_state_dict(self.state_dict, strict=True)

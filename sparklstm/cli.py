@@ -132,6 +132,9 @@ def train(
     bag_of_embeddings: Annotated[Optional[bool], typer.Option(
         "--bag-of-embeddings/--no-bag-of-embeddings",
         help="Feed the mean of the token embeddings to the dense layer too.")] = None,
+    wide: Annotated[Optional[bool], typer.Option(
+        "--wide/--no-wide",
+        help="Mix in a linear path over TF-IDF word unigrams + bigrams (fitted first).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="torch CPU threads (0 = default).")] = None,
     flush_denormal: Annotated[Optional[bool], typer.Option("--flush-denormal/--no-flush-denormal")] = None,
     precision: Annotated[Optional[str], typer.Option(help="auto | fp32 | bf16 (autocast).")] = None,
@@ -153,7 +156,8 @@ def train(
         cfg = load_config(path=config, overrides={
             "model": dict(cell=cell, embed_dim=embed_dim, hidden_size=hidden_size,
                           num_layers=num_layers, dropout=dropout, pooling=pooling,
-                          bidirectional=bidirectional, bag_of_embeddings=bag_of_embeddings),
+                          bidirectional=bidirectional, bag_of_embeddings=bag_of_embeddings,
+                          wide=wide),
             "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                           class_weights=class_weights, patience=patience, seed=seed,
                           device=device, num_threads=threads, flush_denormal=flush_denormal,

@@ -42,6 +42,10 @@ class ModelConfig:
     # 9-class corpus, +1.5 on spam (bench/NOTES.md, "Accuracy on real data"), at twice the compute.
     bidirectional: bool = True
     bag_of_embeddings: bool = False  # the mean of the token embeddings joins the pooled states
+    # TF-IDF word unigrams + hashed bigrams into a linear layer, fitted first as logistic
+    # regression and mixed with the recurrent path's logits (sparklstm/wide.py).
+    wide: bool = True
+    wide_buckets: int = 262_139  # bigram hash buckets (a prime)
 
 
 @dataclass

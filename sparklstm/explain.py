@@ -146,6 +146,8 @@ def _explain_ids(predictor, texts: list[str], ids: list[np.ndarray], *, method: 
     if method == "ig":
         with _grad_context(predictor.device):
             paths = integrated_gradients(model, ids, classes, steps=steps, device=predictor.device)
+        if getattr(model, "wide", None) is not None:
+            _add_wide_shares(model, ids, classes, paths, device=predictor.device)
     else:
         with torch.inference_mode():
             attrs, scores = _occlusion(model, ids, classes, device=predictor.device)
@@ -197,6 +199,34 @@ def _occlusion(model, ids: list[np.ndarray], classes: np.ndarray, *, device: str
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _add_wide_shares(model, ids: list[np.ndarray], classes: np.ndarray, paths, *, device: str):
+    """Add the wide path's exact per-token shares to IG's attributions (in place).
+
+    The wide path reads token ids, not embeddings, so along IG's path it is constant and IG
+    attributes none of it. Being linear, its terms split exactly: a unigram's to its token, a
+    bigram's half to each of its two tokens (WideNgrams.token_contributions). The baseline then
+    becomes the all-pad text for the recurrent path and "no features" (the bias) for the wide
+    path, and completeness still holds: sum(attributions) = score - baseline_score.
+    """
+    import torch
+
+    from .data import pad_ids
+
+    lengths = np.array([len(a) for a in ids])
+    x = torch.from_numpy(pad_ids(ids, lengths, np.arange(len(ids)))).to(device)  # (n, T)
+    target = torch.from_numpy(classes.astype(np.int64)).to(device)
+    binary = model.wide.weight.shape[1] == 1
+    column = torch.zeros_like(target) if binary else target
+    sign = torch.where(target == 1, 1.0, -1.0) if binary else torch.ones(len(ids), device=device)
+    with torch.inference_mode():
+        shares = model.wide.token_contributions(x, torch.from_numpy(lengths).to(device), column, sign)
+        shares = (shares * model.wide.mix.float()).double().cpu().numpy()  # (n, T)
+    for j, r in enumerate(paths):
+        extra = shares[j, : lengths[j]]
+        r.attributions = r.attributions + extra
+        r.baseline_score -= float(extra.sum())
 
 
 def _grad_context(device: str):

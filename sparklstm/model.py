@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparklstm.peephole import peephole_layer_time_major
+from sparklstm.wide import WideNgrams
 
 CELLS = ("lstm", "peephole", "gru")
 POOLINGS = ("last", "max", "mean", "concat")
@@ -212,6 +213,8 @@ class LSTMClassifier(nn.Module):
         dropout_style: str = "locked",
         bidirectional: bool = True,
         bag_of_embeddings: bool = False,
+        wide: bool = False,
+        wide_buckets: int = 262_139,
     ):
         super().__init__()
         if cell not in CELLS:
@@ -242,9 +245,22 @@ class LSTMClassifier(nn.Module):
         features = (3 * hidden_size if pooling == "concat" else hidden_size) * (2 if bidirectional else 1)
         features += embed_dim if bag_of_embeddings else 0
         self.head = nn.Linear(features, 1 if num_classes == 2 else num_classes)
+        # wide: TF-IDF word unigrams + hashed bigrams into their own linear layer (wide.py), whose
+        # logits are mixed with the recurrent path's: (1 - mix) * deep + mix * wide.
+        self.wide = None
+        if wide:
+            self.wide = WideNgrams(vocab_size=vocab_size, buckets=wide_buckets,
+                                   out_features=self.head.out_features)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         # ids: (B, T) right-padded with 0; lengths: (B,) real tokens per row, >= 1
+        logits = self.deep_logits(ids, lengths)  # (B, 1) or (B, C)
+        if self.wide is None:
+            return logits
+        return self.wide.mixed(logits, ids, lengths)  # fp32
+
+    def deep_logits(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The recurrent path's logits alone (what training fits; the wide path is fitted first)."""
         x = self.embedding(ids)  # (B, T, E)
         if self.dropout_style == "element":
             x = self.dropout(x)  # a mask per element: B*T*E Bernoulli samples

@@ -102,6 +102,8 @@ class Predictor:
                           and not model_config.get("bag_of_embeddings", False))
         if self.cast_bf16:
             self.model = self.model.to(torch.bfloat16)
+            if self.model.wide is not None:  # the wide path sums many small terms: kept fp32
+                self.model.wide.float()
         if precision == "int8":
             if not device.startswith("cpu"):
                 raise SparklstmError("precision int8 (dynamic quantization) runs on CPU only")

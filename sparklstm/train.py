@@ -29,6 +29,7 @@ from .errors import SparklstmError
 from .metrics import confusion_matrix, report
 from .prep import load_prepped
 from .runtime import tune_allocator
+from .wide import choose_mix, fit_wide, predicted
 
 
 CURVES_PNG = "training_curves.png"  # written into the model directory
@@ -79,6 +80,38 @@ def _predictions(model, split: Split | ShardedSplit, *, device: str, batch_size:
             x, lengths, _ = pad_batch(part, rows)
             probs = model.probabilities(model(x.to(device), lengths.to(device)))
             yield part, rows, probs.argmax(dim=1).cpu().numpy()
+
+
+def split_logits(fn, split: Split | ShardedSplit, *, device: str):
+    """(logits (N, out) fp32 on CPU, labels (N,)) of ``fn(ids, lengths)`` over a split, in its
+    evaluation order (sorted by length)."""
+    import torch
+
+    logits, labels = [], []
+    with torch.inference_mode():
+        for part, rows in split.batches(batch_size=256, rng=None):
+            x, lengths, y = pad_batch(part, rows)
+            logits.append(fn(x.to(device), lengths.to(device)).float().cpu())
+            labels.append(y)
+    if not logits:
+        return torch.zeros(0, 1), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def select_metrics(model, split, labels: list[str], wide_logits, *, device: str):
+    """(validation report, mix): the model's metrics on the selection split. With a wide path,
+    the mix of the two paths' logits that scores best there (``wide.choose_mix``), and the
+    recurrent path's own macro-F1 as ``deep_macro_f1``; without, mix is None."""
+    if wide_logits is None:
+        return evaluate_split(model, split, labels, device=device), None
+    model.eval()
+    deep, y = split_logits(model.deep_logits, split, device=device)
+    mix, _ = choose_mix(deep, wide_logits, y, num_classes=len(labels))
+    combined = (1 - mix) * deep + mix * wide_logits
+    val = report(confusion_matrix(y.numpy(), predicted(combined).numpy(), len(labels)), labels)
+    val["deep_macro_f1"] = report(
+        confusion_matrix(y.numpy(), predicted(deep).numpy(), len(labels)), labels)["macro_f1"]
+    return val, mix
 
 
 def evaluate_split(model, split: Split | ShardedSplit, labels: list[str], *, device: str) -> dict:
@@ -136,8 +169,18 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
 
     from .model import LSTMClassifier
 
-    model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(mcfg)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(mcfg))
+    wide_fit = None
+    if model.wide is not None:
+        # The wide path is logistic regression on TF-IDF features: fitted first, as the convex
+        # problem it is (wide.py), then held fixed while the recurrent path trains.
+        model.wide.requires_grad_(False)
+        if not resume:
+            wide_fit = fit_wide(model.wide, train_split=train_split, val_split=val_split,
+                                num_classes=len(labels), log=log)
+    model = model.to(device)
+    deep_params = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
+    optimizer = torch.optim.Adam(deep_params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     class_weight = None
     if tcfg.class_weights == "balanced":  # (C,) n / (C * n_c) over the classes present
         balanced = np.where(counts > 0, counts.sum() / (len(present) * np.maximum(counts, 1)), 0.0)
@@ -146,6 +189,11 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     select_on = val_split if has_val else train_split  # no val split: select on train (logged)
     if not has_val:
         log("warning: the val split is empty; early stopping watches the train split")
+    # The wide path's logits on the selection rows never change: computed once, mixed with the
+    # recurrent path's after every epoch (the epoch and the mix are chosen together).
+    select_wide = None
+    if model.wide is not None:
+        select_wide, _ = split_logits(model.wide, select_on, device=device)
 
     settings = run_settings(model_config=as_dict(mcfg), train_config=as_dict(tcfg), device=device,
                             precision=precision, prepped=prepped)
@@ -169,12 +217,12 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 x, lengths, y = (t.to(device) for t in pad_batch(part, rows))
                 with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
-                    logits = model(x, lengths)  # bf16 matmuls; weights and optimizer stay fp32
+                    logits = model.deep_logits(x, lengths)  # bf16 matmuls; fp32 weights and Adam
                 loss = model.loss(logits, y, weight=class_weight)  # the loss is computed in fp32
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if tcfg.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip_norm)
+                    torch.nn.utils.clip_grad_norm_(deep_params, tcfg.clip_norm)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(tcfg, (steps_done + step - 1) / (tcfg.epochs * total))
                 optimizer.step()
@@ -182,9 +230,11 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 st.real_tokens += int(part.lengths[rows].sum())
                 bar.update(task, advance=1, loss=loss_sum / step)
             st.train_seconds += time.perf_counter() - started
-            val = evaluate_split(model, select_on, labels, device=device)
+            val, mix = select_metrics(model, select_on, labels, select_wide, device=device)
             st.history.append({"epoch": epoch, "train_loss": loss_sum / max(step, 1),
-                               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]})
+                               "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
+                              | ({} if mix is None else {"mix": mix,
+                                                         "val_macro_f1_deep": val["deep_macro_f1"]}))
             bar.update(task, f1=val["macro_f1"])
             if val["macro_f1"] > st.best_f1:
                 st.best_f1, st.best_epoch, st.stale = val["macro_f1"], epoch, 0
@@ -199,6 +249,9 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 break
 
     model.load_state_dict(st.best_state)
+    if model.wide is not None:
+        _, mix = select_metrics(model, select_on, labels, select_wide, device=device)
+        model.wide.mix.fill_(mix if has_val else 0.5)
     metrics = {
         "val": evaluate_split(model, val_split, labels, device=device) if has_val else None,
         "test": evaluate_split(model, test_split, labels, device=device) if len(test_split) else None,
@@ -209,6 +262,10 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         "device": device,
         "precision": precision,
     }
+    if model.wide is not None:
+        metrics["wide"] = {"mix": float(model.wide.mix)} | (
+            {} if wide_fit is None else {"C": wide_fit.C, "val_macro_f1": wide_fit.val_macro_f1,
+                                         "fit_seconds": wide_fit.seconds})
     save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
     from .plots import training_curves

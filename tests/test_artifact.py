@@ -64,7 +64,8 @@ def test_predictor_equals_model_rebuilt_from_the_files(model_dir, predictor):
     model = LSTMClassifier(vocab_size=m["vocab_size"], num_classes=len(config["labels"]),
                            cell=m["cell"], embed_dim=m["embed_dim"], hidden_size=m["hidden_size"],
                            num_layers=m["num_layers"], dropout=m["dropout"], pooling=m["pooling"],
-                           bidirectional=m["bidirectional"], bag_of_embeddings=m["bag_of_embeddings"])
+                           bidirectional=m["bidirectional"], bag_of_embeddings=m["bag_of_embeddings"],
+                           wide=m["wide"], wide_buckets=m["wide_buckets"])
     with safe_open(str(model_dir / WEIGHTS), framework="pt") as f:
         model.load_state_dict({k: f.get_tensor(k) for k in f.keys()}, strict=True)
     model.eval()
