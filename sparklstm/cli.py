@@ -314,7 +314,7 @@ def predict(
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the demo writes prepped/, model/, scored/.")] = Path("sparklstm-demo"),
-    epochs: Annotated[int, typer.Option(help="Training epochs (early stopping may end sooner).")] = 15,
+    epochs: Annotated[int, typer.Option(help="Training epochs (early stopping may end sooner).")] = 10,
     cell: Annotated[str, typer.Option(help="lstm | peephole | gru.")] = "lstm",
     master: Master = None,
 ):

@@ -236,6 +236,12 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                               | ({} if mix is None else {"mix": mix,
                                                          "val_macro_f1_deep": val["deep_macro_f1"]}))
             bar.update(task, f1=val["macro_f1"])
+            if not progress:  # a log file or a scheduler's log: one line per epoch instead
+                log(f"epoch {epoch}/{tcfg.epochs}: train loss {loss_sum / max(step, 1):.4f}, "
+                    f"val macro-F1 {val['macro_f1']:.4f}"
+                    + ("" if mix is None else f" (recurrent path alone {val['deep_macro_f1']:.4f},"
+                                              f" wide share {mix:.2f})")
+                    + f", {time.perf_counter() - started:.0f} s")
             if val["macro_f1"] > st.best_f1:
                 st.best_f1, st.best_epoch, st.stale = val["macro_f1"], epoch, 0
                 st.best_state = copy.deepcopy(model.state_dict())
