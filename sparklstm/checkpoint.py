@@ -46,6 +46,7 @@ class LoopState:
     best_f1: float = -1.0
     best_epoch: int = 0
     best_state: dict | None = None  # name -> tensor, on the training device
+    wide_fit: dict | None = None  # the wide path's fit (C, validation macro-F1, seconds)
     stale: int = 0  # epochs since the best one (early stopping)
     real_tokens: int = 0
     train_seconds: float = 0.0
@@ -95,7 +96,8 @@ def save_checkpoint(model_dir: str | Path, *, state: LoopState, settings: dict, 
         "format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings,
         "loop": {"epoch": state.epoch, "done": state.done, "history": state.history,
                  "best_f1": state.best_f1, "best_epoch": state.best_epoch, "stale": state.stale,
-                 "real_tokens": state.real_tokens, "train_seconds": state.train_seconds},
+                 "real_tokens": state.real_tokens, "train_seconds": state.train_seconds,
+                 "wide_fit": state.wide_fit},
         "optimizer": {"param_groups": optim["param_groups"], "scalars": optim_scalars},
         "rng": {"python": [py_version, list(py_state), py_gauss],
                 "numpy": [np_name, np_keys.tolist(), np_pos, np_has_gauss, np_gauss],

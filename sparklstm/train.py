@@ -189,11 +189,6 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     select_on = val_split if has_val else train_split  # no val split: select on train (logged)
     if not has_val:
         log("warning: the val split is empty; early stopping watches the train split")
-    # The wide path's logits on the selection rows never change: computed once, mixed with the
-    # recurrent path's after every epoch (the epoch and the mix are chosen together).
-    select_wide = None
-    if model.wide is not None:
-        select_wide, _ = split_logits(model.wide, select_on, device=device)
 
     settings = run_settings(model_config=as_dict(mcfg), train_config=as_dict(tcfg), device=device,
                             precision=precision, prepped=prepped)
@@ -202,6 +197,15 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         st = resume_state(out, settings=settings, model=model, optimizer=optimizer, batch_rng=rng,
                           device=device)
         log(f"resuming after epoch {st.epoch}" + (" (training had ended)" if st.done else ""))
+    elif wide_fit is not None:
+        st.wide_fit = {"C": wide_fit.C, "val_macro_f1": wide_fit.val_macro_f1,
+                       "fit_seconds": wide_fit.seconds}
+    # The wide path's logits on the selection rows (fitted above, or restored by the resume) never
+    # change: computed once, mixed with the recurrent path's after every epoch (the epoch and the
+    # mix are chosen together).
+    select_wide = None
+    if model.wide is not None:
+        select_wide, _ = split_logits(model.wide, select_on, device=device)
     bar = _progress(progress)
     with bar:
         for epoch in range(st.epoch + 1, 0 if st.done else tcfg.epochs + 1):
@@ -269,9 +273,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         "precision": precision,
     }
     if model.wide is not None:
-        metrics["wide"] = {"mix": float(model.wide.mix)} | (
-            {} if wide_fit is None else {"C": wide_fit.C, "val_macro_f1": wide_fit.val_macro_f1,
-                                         "fit_seconds": wide_fit.seconds})
+        metrics["wide"] = {"mix": float(model.wide.mix)} | (st.wide_fit or {})
     save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
     from .plots import training_curves
