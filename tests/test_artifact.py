@@ -271,3 +271,29 @@ def test_text_is_truncated_to_max_len(predictor):
     a, b = predictor.predict([head, head + " oven recipe bake spice " * 20])
     assert a["label"] == b["label"]
     np.testing.assert_allclose(a["probabilities"], b["probabilities"], rtol=0, atol=1e-6)
+
+
+def test_a_model_saved_before_the_wide_path_loads_and_scores_as_before(model_dir, tmp_path):
+    """A model directory written before the wide path (no ``wide`` keys in config.json, no
+    ``wide.*`` weights) loads and scores with its recurrent path alone."""
+    from safetensors.torch import load, save
+
+    old = shutil.copytree(model_dir, tmp_path / "old")
+    state = load((old / WEIGHTS).read_bytes())
+    assert any(k.startswith("wide.") for k in state)  # the fixture model has the wide path
+    weights = save({k: v for k, v in state.items() if not k.startswith("wide.")})
+    (old / WEIGHTS).write_bytes(weights)
+    config = json.loads((old / CONFIG).read_text())
+    del config["model"]["wide"], config["model"]["wide_buckets"]
+    config["sha256"][WEIGHTS] = hashlib.sha256(weights).hexdigest()
+    (old / CONFIG).write_text(json.dumps(config))
+
+    new = Predictor.from_dir(model_dir)
+    before = Predictor.from_dir(old)
+    assert before.model.wide is None
+    ids = [i for i in new.encode(TEXTS) if i is not None]
+    with torch.no_grad():
+        for a in ids[:10]:
+            x, n = torch.tensor([a], dtype=torch.int64), torch.tensor([len(a)])
+            want = new.model.probabilities(new.model.deep_logits(x, n))[0].double().numpy()
+            np.testing.assert_allclose(before.predict_ids([a])[0], want, rtol=0, atol=1e-6)

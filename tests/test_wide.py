@@ -150,3 +150,27 @@ def test_mixed_model_output_is_the_weighted_sum_of_its_paths():
     m2 = LSTMClassifier(vocab_size=30, num_classes=3, wide=True, wide_buckets=11)
     m2.load_state_dict(m.state_dict())
     assert float(m2.wide.mix) == pytest.approx(0.3)
+
+
+def test_training_fits_the_wide_path_first_and_records_it(prepped_dir, tmp_path):
+    """The default model fits the wide path, records its C and mix; --no-wide trains without."""
+    import dataclasses
+
+    from conftest import FAST_TRAIN, SMALL_MODEL
+
+    from sparklstm.artifact import load_artifact
+    from sparklstm.train import train
+    from sparklstm.wide import C_GRID
+
+    quick = dataclasses.replace(FAST_TRAIN, epochs=2)
+    metrics = train(prepped=prepped_dir, out=tmp_path / "wide", model_config=SMALL_MODEL,
+                    train_config=quick, progress=False, log=lambda m: None)
+    assert metrics["wide"]["C"] in C_GRID and 0 <= metrics["wide"]["mix"] <= 1
+    assert all("mix" in h and "val_macro_f1_deep" in h for h in metrics["history"])
+    model = load_artifact(tmp_path / "wide").build_model()
+    assert float(model.wide.mix) == metrics["wide"]["mix"] and (model.wide.idf > 0).any()
+
+    plain = dataclasses.replace(SMALL_MODEL, wide=False)
+    metrics = train(prepped=prepped_dir, out=tmp_path / "plain", model_config=plain,
+                    train_config=quick, progress=False, log=lambda m: None)
+    assert "wide" not in metrics and load_artifact(tmp_path / "plain").build_model().wide is None
