@@ -83,7 +83,7 @@ def _read_metrics(path: Path) -> dict | None:
         return None
     summary = {split: {k: m[split][k] for k in ("accuracy", "macro_f1", "n")}
                for split in ("val", "test") if isinstance(m.get(split), dict)}
-    for key in ("best_epoch", "train_seconds", "train_tokens_per_s", "device", "precision"):
+    for key in ("best_epoch", "train_seconds", "train_tokens_per_s", "device", "precision", "wide"):
         if key in m:
             summary[key] = m[key]
     summary["epochs"] = len(m.get("history", []))
@@ -109,7 +109,10 @@ def to_rich(info: dict):
     about.add_column()
     m = info["model"]
     about.add_row("model", f"{m.get('cell')} · embed {m.get('embed_dim')} · hidden {m.get('hidden_size')} "
-                           f"× {m.get('num_layers')} layers · dropout {m.get('dropout')}")
+                           f"× {m.get('num_layers')} layers · dropout {m.get('dropout')}"
+                           + (" · both directions" if m.get("bidirectional") else "")
+                           + (f" · wide path ({m.get('wide_buckets'):,} bigram buckets)"
+                              if m.get("wide") else ""))
     about.add_row("labels", f"{len(info['labels'])}: " + ", ".join(map(str, info["labels"][:20]))
                   + (" ..." if len(info["labels"]) > 20 else ""))
     lowercase = info["tokenizer"].get("lowercase")
@@ -136,6 +139,10 @@ def to_rich(info: dict):
         parts.append(table)
         about.add_row("trained", f"best epoch {met.get('best_epoch')} of {met.get('epochs')}, "
                                  f"{met.get('train_tokens_per_s', 0):.0f} tokens/s on {met.get('device')}")
+        if isinstance(met.get("wide"), dict):
+            w = met["wide"]
+            about.add_row("wide path", (f"C {w['C']:g}, " if "C" in w else "")
+                          + f"mix {w['mix']:.2f} (its share of the logits)")
     files = Table(title="files")
     for col in ("file", "bytes", "sha256", "check"):
         files.add_column(col, justify="right" if col == "bytes" else "left")
