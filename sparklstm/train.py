@@ -10,6 +10,7 @@ interrupted run to the same result; a run that finishes removes its checkpoint.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -149,6 +150,14 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     # Splits larger than the shuffle buffer are streamed from their Parquet shards (shards.py).
     train_split, val_split, test_split = (
         open_split(Path(prepped) / s, buffer_rows=tcfg.shuffle_buffer_rows) for s in ("train", "val", "test"))
+    if mcfg.wide and isinstance(train_split, ShardedSplit):
+        # The wide fit holds the train split's TF-IDF matrix in memory (~12 bytes per distinct
+        # n-gram of each row); a split streamed because it is larger than the shuffle buffer
+        # would not fit, so such a run trains the recurrent path alone (logged, and recorded in
+        # the model's config).
+        log(f"warning: the train split ({len(train_split):,} rows) is streamed from its shards; "
+            f"the wide path needs it in memory, so this model is trained without it")
+        mcfg = dataclasses.replace(mcfg, wide=False)
     if len(train_split) == 0:
         raise SparklstmError(f"{prepped}: the train split is empty")
     counts = train_split.label_counts(len(labels))  # (C,)
