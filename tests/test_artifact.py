@@ -294,6 +294,6 @@ def test_a_model_saved_before_the_wide_path_loads_and_scores_as_before(model_dir
     ids = [i for i in new.encode(TEXTS) if i is not None]
     with torch.no_grad():
         for a in ids[:10]:
-            x, n = torch.tensor([a], dtype=torch.int64), torch.tensor([len(a)])
+            x, n = torch.from_numpy(a.astype(np.int64))[None], torch.tensor([len(a)])
             want = new.model.probabilities(new.model.deep_logits(x, n))[0].double().numpy()
             np.testing.assert_allclose(before.predict_ids([a])[0], want, rtol=0, atol=1e-6)
