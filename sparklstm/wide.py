@@ -37,6 +37,11 @@ PAIR_PRIME = 1_000_003  # a bigram (a, b) hashes as a * PAIR_PRIME + b, mod buck
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # inverse L2 strengths, as bench/accuracy.py's baseline
 
 
+def pair_features(ids: torch.Tensor, *, vocab_size: int, buckets: int) -> torch.Tensor:
+    """(B, T-1) bigram feature ids of adjacent tokens: V + (a * PAIR_PRIME + b) mod buckets."""
+    return vocab_size + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % buckets
+
+
 def ngram_counts(ids: torch.Tensor, lengths: torch.Tensor, *, vocab_size: int, buckets: int):
     """The distinct features of each row and their counts.
 
@@ -47,7 +52,7 @@ def ngram_counts(ids: torch.Tensor, lengths: torch.Tensor, *, vocab_size: int, b
     lengths = lengths.to(ids.device)
     real = torch.arange(T, device=ids.device)[None, :] < lengths[:, None]  # (B, T)
     row = torch.arange(B, device=ids.device)[:, None].expand(B, T)  # (B, T)
-    pairs = vocab_size + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % buckets  # (B, T-1)
+    pairs = pair_features(ids, vocab_size=vocab_size, buckets=buckets)  # (B, T-1)
     pair_real = real[:, 1:]  # both tokens of the pair are real
     feats = torch.cat([ids[real], pairs[pair_real]])  # (K',)
     rows = torch.cat([row[real], row[:, 1:][pair_real]])
@@ -118,7 +123,7 @@ class WideNgrams(nn.Module):
         table_keys = rows * n + feats  # sorted
         real = torch.arange(T, device=ids.device)[None, :] < lengths.to(ids.device)[:, None]
         row = torch.arange(B, device=ids.device)[:, None].expand(B, T)
-        pairs = self.vocab_size + (ids[:, :-1] * PAIR_PRIME + ids[:, 1:]) % self.buckets
+        pairs = pair_features(ids, vocab_size=self.vocab_size, buckets=self.buckets)
         out = torch.zeros(B, T, dtype=torch.float32, device=ids.device)
         for pos_feats, mask, spans in ((ids, real, (0,)), (pairs, real[:, 1:], (0, 1))):
             k = torch.searchsorted(table_keys, (row[:, :pos_feats.shape[1]] * n + pos_feats)[mask])
