@@ -127,13 +127,14 @@ def test_a_split_too_big_for_the_memory_limit_trains_when_streamed(tmp_path):
     prepped = write_prepped(tmp_path / "big", rows=1_500_000, length=2)
     in_memory = train_limited(prepped, tmp_path / "m1", buffer_rows=10_000_000)
     # Out of memory shows as a MemoryError or, when the allocation that fails is in native code,
-    # as death by a signal (arrow, torch) or oneDNN's "could not create a primitive" (the read
-    # fitted just under the limit and the first forward pass did not): each seen once in a
-    # clean-clone run.
+    # as death by a signal (arrow, torch), torch's allocator error, or oneDNN's "could not create a
+    # primitive" (the read fitted just under the limit and the first forward pass did not): each
+    # seen in a clean-clone run. Any other failure (an import error, a bug) fails this test.
     assert in_memory.returncode != 0
-    assert ("MemoryError" in in_memory.stderr or "bad_alloc" in in_memory.stderr
-            or "could not create a primitive" in in_memory.stderr
-            or in_memory.returncode in (-signal.SIGSEGV, -signal.SIGABRT)), in_memory
+    out_of_memory = ("MemoryError", "bad_alloc", "Cannot allocate memory", "can't allocate memory",
+                     "could not create a primitive")
+    assert (any(marker in in_memory.stderr for marker in out_of_memory)
+            or in_memory.returncode in (-signal.SIGSEGV, -signal.SIGABRT)), in_memory.stderr[-2000:]
     streamed = train_limited(prepped, tmp_path / "m2", buffer_rows=20_000)
     assert streamed.returncode == 0, streamed.stderr[-2000:]
     result = json.loads(streamed.stdout.strip().splitlines()[-1])
