@@ -66,6 +66,7 @@ REG_GRID = (0.1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4)
 SPARK_TOKENS = r"(?U)\w+|[^\w\s]"  # Java regex; (?U): \w takes Unicode letters, not only ASCII
 SPARK_FEATURES = 2 ** 18
 BASELINES = ("tfidf_lr", "spark_ml")  # the gap line compares sparklstm with the better one
+SYSTEMS = ("sparklstm", *BASELINES)
 TRUNCATION_SHOWN_ABOVE = 0.01  # share of texts cut to max_len above which the 2nd baseline runs
 
 
@@ -245,7 +246,7 @@ def train_seeds(name: str, cfg, seeds: list[int], workdir: Path) -> dict:
 
 
 def run_corpus(spark, name: str, cfg, *, limit: int | None, seeds: list[int], workdir: Path,
-               package_dir: Path | None) -> dict:
+               package_dir: Path | None, systems: list[str]) -> dict:
     df = corpora.limit_rows(corpora.LOADERS[name](package_dir), limit)
     df = df[df["text"].str.strip().astype(bool)].reset_index(drop=True)
     corpus = workdir / f"{name}.parquet"
@@ -261,18 +262,22 @@ def run_corpus(spark, name: str, cfg, *, limit: int | None, seeds: list[int], wo
     split = same_split(spark, df, workdir / f"{name}-prepped", cfg.prep)
     print(f"[{name}] classes {labels}; rows train/val/test "
           f"{'/'.join(str(len(split[s])) for s in SPLITS)}; identical rows for all systems "
-          f"(checked); training sparklstm, seeds {seeds} ...", flush=True)
+          f"(checked); running {', '.join(systems)} ...", flush=True)
 
-    systems = {"sparklstm": train_seeds(name, cfg, seeds, workdir)}
-    print(f"[{name}] sparklstm mean test macro-F1 {systems['sparklstm']['test_macro_f1']:.4f}; "
-          f"baselines ...", flush=True)
-    systems["tfidf_lr"] = tfidf_lr(split, labels)
-    systems["spark_ml"] = spark_ml(spark, split, labels)
-    if summary["truncated_fraction"] > TRUNCATION_SHOWN_ABOVE:
+    figures = {}
+    if "sparklstm" in systems:
+        figures["sparklstm"] = train_seeds(name, cfg, seeds, workdir)
+        print(f"[{name}] sparklstm mean test macro-F1 "
+              f"{figures['sparklstm']['test_macro_f1']:.4f}", flush=True)
+    if "tfidf_lr" in systems:
+        figures["tfidf_lr"] = tfidf_lr(split, labels)
+    if "spark_ml" in systems:
+        figures["spark_ml"] = spark_ml(spark, split, labels)
+    if "tfidf_lr" in systems and summary["truncated_fraction"] > TRUNCATION_SHOWN_ABOVE:
         from sparklstm.text import tokenize
 
         max_len, lower = cfg.prep.max_len, cfg.prep.lowercase
-        systems["tfidf_lr_head"] = tfidf_lr(
+        figures["tfidf_lr_head"] = tfidf_lr(
             split, labels, text=lambda t: " ".join(tokenize(t, lowercase=lower, limit=max_len)))
     return {
         "source": corpora.SOURCES[name], "rows": {s: len(split[s]) for s in SPLITS},
@@ -281,10 +286,17 @@ def run_corpus(spark, name: str, cfg, *, limit: int | None, seeds: list[int], wo
         "test_class_counts": summary["counts"]["test"], "vocab_size": summary["vocab_size"],
         "mean_tokens": round(summary["mean_tokens"], 1),
         "truncated_fraction": round(summary["truncated_fraction"], 4),
-        "prep_wall_s": round(prep_s, 1), "systems": systems,
-        "gap_points": 100 * (systems["sparklstm"]["test_macro_f1"]
-                             - max(systems[b]["test_macro_f1"] for b in BASELINES)),
+        "prep_wall_s": round(prep_s, 1), "systems": figures, "gap_points": gap_points(figures),
     }
+
+
+def gap_points(figures: dict) -> float | None:
+    """sparklstm's mean minus the better baseline, in points of macro-F1 (None when a run left
+    sparklstm or every baseline out)."""
+    baselines = [figures[b]["test_macro_f1"] for b in BASELINES if b in figures]
+    if "sparklstm" not in figures or not baselines:
+        return None
+    return 100 * (figures["sparklstm"]["test_macro_f1"] - max(baselines))
 
 
 SYSTEM_NAMES = {"sparklstm": "sparklstm", "tfidf_lr": "TF-IDF 1-2g + LR",
@@ -328,8 +340,10 @@ def print_table(results: dict) -> None:
     print(f"load average before/after: {results['load_before']} / {results['load_after']} "
           f"on {os.cpu_count()} cores (wall times depend on it; accuracy does not)")
     for name, r in results["corpora"].items():
-        print(f"{name}: gap vs best baseline: sparklstm mean - max({', '.join(BASELINES)}) = "
-              f"{r['gap_points']:+.2f} points")
+        ran = [b for b in BASELINES if b in r["systems"]]
+        if r["gap_points"] is not None:
+            print(f"{name}: gap vs best baseline: sparklstm mean - max({', '.join(ran)}) = "
+                  f"{r['gap_points']:+.2f} points")
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -352,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, help="use only this many texts per corpus (quick run)")
     ap.add_argument("--seeds", default="0,1,2",
                     help="train sparklstm once per train.seed (comma-separated; default 0,1,2)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"which to run, comma-separated (default {','.join(SYSTEMS)}); e.g. "
+                         "spark_ml alone to add the slow Spark ML baseline on an idle machine")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--workdir", type=Path, help="keep corpora, prepped/ and models here")
     ap.add_argument("--spam-package", type=Path,
@@ -363,9 +380,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {e}")
     names = list(corpora.LOADERS) if a.corpus == "all" else [a.corpus]
     seeds = parse_seeds(a.seeds)
+    systems = [x.strip() for x in a.systems.split(",") if x.strip()]
+    if not systems or set(systems) - set(SYSTEMS):
+        sys.exit(f"--systems wants a comma-separated subset of {','.join(SYSTEMS)}, "
+                 f"got {a.systems!r}")
     results = {"settings": {k: as_dict(getattr(cfg, k)) for k in ("prep", "model", "train")},
                "overrides": a.sets, "train_conf": str(a.train_conf or ""), "limit": a.limit,
-               "seeds": seeds,
+               "seeds": seeds, "systems": systems,
                "load_before": [round(x, 2) for x in os.getloadavg()], "corpora": {}}
     spark = get_spark(master="local[2]", app_name="bench-accuracy")
     with tempfile.TemporaryDirectory() as tmp:
@@ -375,7 +396,7 @@ def main(argv: list[str] | None = None) -> None:
             sub.mkdir(parents=True, exist_ok=True)
             results["corpora"][name] = run_corpus(
                 spark, name, cfg, limit=a.limit, seeds=seeds, workdir=sub,
-                package_dir=a.spam_package if name == "spam" else None)
+                package_dir=a.spam_package if name == "spam" else None, systems=systems)
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
     print_table(results)
     if a.json:
