@@ -113,6 +113,8 @@ def train(
     out: Annotated[Path, typer.Option(help="Model directory to write.")] = Path("model"),
     cell: Annotated[Optional[str], typer.Option(help="lstm | peephole | gru.")] = None,
     epochs: Annotated[Optional[int], typer.Option()] = None,
+    token_budget: Annotated[Optional[int], typer.Option(
+        help="Real tokens read over all epochs; a larger train split runs fewer epochs (>= 1). 0: none.")] = None,
     batch_size: Annotated[Optional[int], typer.Option()] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     lr_schedule: Annotated[Optional[str], typer.Option(help="constant | cosine (to 0 over all epochs).")] = None,
@@ -158,7 +160,7 @@ def train(
                           num_layers=num_layers, dropout=dropout, pooling=pooling,
                           bidirectional=bidirectional, bag_of_embeddings=bag_of_embeddings,
                           wide=wide),
-            "train": dict(epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
+            "train": dict(epochs=epochs, token_budget=token_budget, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                           class_weights=class_weights, patience=patience, seed=seed,
                           device=device, num_threads=threads, flush_denormal=flush_denormal,
                           precision=precision),

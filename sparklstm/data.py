@@ -30,6 +30,10 @@ class Split:
         for rows in batch_indices(self.lengths, batch_size=batch_size, rng=rng):
             yield self, rows
 
+    def tokens(self) -> int:
+        """Real (unpadded) tokens in the split: what one epoch reads."""
+        return int(self.lengths.sum())
+
     def label_counts(self, num_classes: int) -> np.ndarray:
         """(C,) rows per label id."""
         return np.bincount(self.labels, minlength=num_classes)

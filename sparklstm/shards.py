@@ -100,6 +100,17 @@ class ShardedSplit:
             for rows in batch_indices(block.lengths, batch_size=batch_size, rng=rng):
                 yield block, rows
 
+    def tokens(self) -> int:
+        """Real (unpadded) tokens in the split, read shard by shard from the ids column."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        total = 0
+        for file, group, _ in self.shards:
+            ids = pq.ParquetFile(file).read_row_group(group, columns=["ids"]).column("ids")
+            total += pc.sum(pc.list_value_length(ids)).as_py() or 0
+        return int(total)
+
     def label_counts(self, num_classes: int) -> np.ndarray:
         """(C,) rows per label id, read shard by shard from the label column only."""
         import pyarrow.parquet as pq

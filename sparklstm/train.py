@@ -63,6 +63,18 @@ def lr_at(tcfg: TrainConfig, progress: float) -> float:
     return tcfg.lr
 
 
+def planned_epochs(tcfg: TrainConfig, *, train_tokens: int) -> int:
+    """``epochs``, cut so that the epochs read at most ``token_budget`` real tokens (at least one
+    epoch): training time follows the budget, not the corpus size, once a corpus is large."""
+    if tcfg.epochs < 1:
+        raise SparklstmError(f"train.epochs must be >= 1, got {tcfg.epochs}")
+    if tcfg.token_budget < 0:
+        raise SparklstmError(f"train.token_budget must be >= 0 (0 = none), got {tcfg.token_budget}")
+    if tcfg.token_budget == 0 or train_tokens == 0:
+        return tcfg.epochs
+    return max(1, min(tcfg.epochs, tcfg.token_budget // train_tokens))
+
+
 def predict_split(model, split: Split, *, device: str, batch_size: int = 256) -> np.ndarray:
     """Predicted class index (N,) for every row of an in-memory split."""
     preds = np.empty(len(split), dtype=np.int64)
@@ -160,6 +172,11 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         mcfg = dataclasses.replace(mcfg, wide=False)
     if len(train_split) == 0:
         raise SparklstmError(f"{prepped}: the train split is empty")
+    train_tokens = train_split.tokens()
+    epochs = planned_epochs(tcfg, train_tokens=train_tokens)
+    if epochs < tcfg.epochs:
+        log(f"{epochs} epoch(s) instead of {tcfg.epochs}: the train split's {train_tokens:,} tokens "
+            f"per epoch fit train.token_budget ({tcfg.token_budget:,}) that many times")
     counts = train_split.label_counts(len(labels))  # (C,)
     present = np.flatnonzero(counts)
     if len(present) < 2:
@@ -217,11 +234,11 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         select_wide, _ = split_logits(model.wide, select_on, device=device)
     bar = _progress(progress)
     with bar:
-        for epoch in range(st.epoch + 1, 0 if st.done else tcfg.epochs + 1):
+        for epoch in range(st.epoch + 1, 0 if st.done else epochs + 1):
             batches = train_split.batches(batch_size=tcfg.batch_size, rng=rng)
             total = -(-len(train_split) // tcfg.batch_size)  # exact in memory, about right streamed
             steps_done = (epoch - 1) * total  # the schedule's position; the same after --resume
-            task = bar.add_task(f"epoch {epoch}/{tcfg.epochs}", total=total, loss=float("nan"),
+            task = bar.add_task(f"epoch {epoch}/{epochs}", total=total, loss=float("nan"),
                                 f1=st.best_f1 if st.best_f1 >= 0 else float("nan"))
             model.train()
             started, loss_sum = time.perf_counter(), 0.0
@@ -237,7 +254,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 if tcfg.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(deep_params, tcfg.clip_norm)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(tcfg, (steps_done + step - 1) / (tcfg.epochs * total))
+                    group["lr"] = lr_at(tcfg, (steps_done + step - 1) / (epochs * total))
                 optimizer.step()
                 loss_sum += loss.item()
                 st.real_tokens += int(part.lengths[rows].sum())
@@ -250,7 +267,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                                                          "val_macro_f1_deep": val["deep_macro_f1"]}))
             bar.update(task, f1=val["macro_f1"])
             if not progress:  # a log file or a scheduler's log: one line per epoch instead
-                log(f"epoch {epoch}/{tcfg.epochs}: train loss {loss_sum / max(step, 1):.4f}, "
+                log(f"epoch {epoch}/{epochs}: train loss {loss_sum / max(step, 1):.4f}, "
                     f"val macro-F1 {val['macro_f1']:.4f}"
                     + ("" if mix is None else f" (recurrent path alone {val['deep_macro_f1']:.4f},"
                                               f" wide share {mix:.2f})")
@@ -260,7 +277,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                 st.best_state = copy.deepcopy(model.state_dict())
             else:
                 st.stale += 1
-            st.epoch, st.done = epoch, st.stale >= tcfg.patience or epoch == tcfg.epochs
+            st.epoch, st.done = epoch, st.stale >= tcfg.patience or epoch == epochs
             save_checkpoint(out, state=st, settings=settings, model=model, optimizer=optimizer,
                             batch_rng=rng, device=device)
             if st.stale >= tcfg.patience:
@@ -275,6 +292,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         "val": evaluate_split(model, val_split, labels, device=device) if has_val else None,
         "test": evaluate_split(model, test_split, labels, device=device) if len(test_split) else None,
         "best_epoch": st.best_epoch,
+        "epochs_planned": epochs,
         "history": st.history,
         "train_seconds": round(st.train_seconds, 2),
         "train_tokens_per_s": round(st.real_tokens / max(st.train_seconds, 1e-9), 1),

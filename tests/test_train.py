@@ -86,3 +86,36 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     assert lr_at(cfg, 0.5) == pytest.approx(1e-3)
     assert lr_at(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(TrainConfig(lr=2e-3, lr_schedule="constant"), 0.7) == 2e-3
+
+
+def test_token_budget_cuts_epochs_and_keeps_at_least_one():
+    from sparklstm.train import planned_epochs
+
+    cfg = TrainConfig(epochs=10, token_budget=1_000)
+    assert planned_epochs(cfg, train_tokens=99) == 10  # small split: every epoch
+    assert planned_epochs(cfg, train_tokens=300) == 3  # 3 x 300 <= 1,000 < 4 x 300
+    assert planned_epochs(cfg, train_tokens=5_000) == 1  # larger than the budget: still one
+    assert planned_epochs(TrainConfig(epochs=10, token_budget=0), train_tokens=10**9) == 10
+    with pytest.raises(SparklstmError, match="token_budget"):
+        planned_epochs(TrainConfig(token_budget=-1), train_tokens=10)
+    with pytest.raises(SparklstmError, match="epochs"):
+        planned_epochs(TrainConfig(epochs=0), train_tokens=10)
+
+
+def test_a_budget_below_two_epochs_trains_one_epoch_with_the_whole_schedule(prepped_dir, tmp_path):
+    """The split's real tokens, counted in memory and streamed alike, decide the epochs; the run
+    says so in its log and in metrics.json."""
+    from dataclasses import replace
+
+    from sparklstm.data import read_split
+    from sparklstm.shards import ShardedSplit
+
+    tokens = read_split(prepped_dir / "train").tokens()
+    assert ShardedSplit(prepped_dir / "train", buffer_rows=10).tokens() == tokens > 0
+    lines = []
+    m = train(prepped=prepped_dir, out=tmp_path / "m", model_config=SMALL_MODEL, progress=False,
+              train_config=replace(FAST_TRAIN, epochs=5, token_budget=tokens + tokens // 2),
+              log=lines.append)
+    assert m["epochs_planned"] == 1 and len(m["history"]) == 1
+    assert any("1 epoch(s) instead of 5" in line for line in lines), lines
+    assert m["test"]["accuracy"] > 0.5
