@@ -15,7 +15,7 @@ short: ~7 words); fortune cookies by file (32 classes, mid-length: ~29 words). F
 2. the same split is recomputed for the raw texts with the same Spark hash expression and
    checked row for row against prepped/ (each split's multiset of (token ids, label) must be
    identical), so all systems train, select and test on exactly the same rows;
-3. ``sparklstm.train.train`` with the default ModelConfig/TrainConfig (or the overrides), once
+3. ``sparklstm.training.loop.train`` with the default ModelConfig/TrainConfig (or the overrides), once
    per ``--seeds`` value as ``train.seed`` (default 0,1,2), on the same prepped/; the table gives
    the mean and sample std of test macro-F1 over the seeds, the JSON every run;
 4. ``tfidf_lr``: ``TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)`` +
@@ -53,12 +53,12 @@ import numpy as np
 
 import corpora
 from sparklstm.config import apply_overrides, as_dict, load_config
-from sparklstm.data import read_split
+from sparklstm.training.data import read_split
 from sparklstm.errors import SparklstmError
 from sparklstm.metrics import confusion_matrix, report
-from sparklstm.prep import SPLITS, load_prepped, prep
-from sparklstm.session import get_spark
-from sparklstm.train import train
+from sparklstm.spark.prep import SPLITS, load_prepped, prep
+from sparklstm.spark.session import get_spark
+from sparklstm import train
 
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 # Spark's regParam (~ 1 / (C * n_train)), strongest first like C_GRID: ties go to the strongest.
@@ -90,9 +90,9 @@ def same_split(spark, df, prepped: Path, cfg) -> dict:
     """The raw texts of each split, recomputed with prep's hash and checked against prepped/."""
     from pyspark.sql import functions as F
 
-    from sparklstm.prep import _BUCKETS
+    from sparklstm.spark.prep import _BUCKETS
 
-    # The expression prep uses (sparklstm/prep.py); the check below fails loudly if they drift.
+    # The expression prep uses (sparklstm/spark/prep.py); the check below fails loudly if they drift.
     u = F.pmod(F.xxhash64(F.lit(cfg.split_seed), F.col("text")), F.lit(_BUCKETS)) / _BUCKETS
     split = (F.when(u < cfg.test_fraction, "test")
              .when(u < cfg.test_fraction + cfg.val_fraction, "val").otherwise("train"))

@@ -76,7 +76,8 @@ def npm_package(spec: str) -> Path:
 
 def spam(package_dir: Path | None = None) -> pd.DataFrame:
     """All SpamAssassin messages, parsed from the original bytes (the ``.txt`` files)."""
-    from sparklstm.emails import read_spamassassin
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from emails import read_spamassassin  # scripts/emails.py: corpus tooling, not the product
 
     rows = read_spamassassin(package_dir or npm_package(SPAM_PACKAGE), source="txt")
     return pd.DataFrame([{"text": r["text"], "label": r["label"]} for r in rows])

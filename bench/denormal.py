@@ -13,9 +13,9 @@ import time
 import numpy as np
 import torch
 
-from sparklstm.data import batch_indices, pad_batch, read_split
-from sparklstm.model import LSTMClassifier
-from sparklstm.prep import load_prepped
+from sparklstm.training.data import batch_indices, pad_batch, read_split
+from sparklstm.nn.model import LSTMClassifier
+from sparklstm.spark.prep import load_prepped
 
 
 def run(model, split, batches, *, flush: bool) -> float:

@@ -69,8 +69,8 @@ def make_data(dest: Path) -> None:
     from score import build_model
 
     from sparklstm.config import PrepConfig
-    from sparklstm.prep import prep
-    from sparklstm.session import get_spark
+    from sparklstm import prep
+    from sparklstm.spark.session import get_spark
 
     dest.mkdir(parents=True, exist_ok=True)
     spark = get_spark(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
@@ -90,7 +90,7 @@ def make_data(dest: Path) -> None:
 def check_devices(data: Path) -> dict:
     import torch
 
-    from sparklstm import scoring
+    from sparklstm.spark import scoring
     from sparklstm.artifact import read_model_files
     from sparklstm.device import resolve_device, task_gpu_device
     from sparklstm.errors import SparklstmError
@@ -200,7 +200,7 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
 def peephole_check() -> dict:
     import torch
 
-    from sparklstm.model import PeepholeLSTM
+    from sparklstm.nn.model import PeepholeLSTM
 
     torch.manual_seed(0)
     ref = PeepholeLSTM(24, 32).double()
@@ -235,7 +235,7 @@ def training_figures(data: Path, epochs: int, peephole_epochs: int) -> dict:
     from train import baseline
 
     from sparklstm.config import ModelConfig, TrainConfig
-    from sparklstm.train import train
+    from sparklstm import train
 
     prepped = str(data / "spam_prepped")
     got = {}

@@ -10,9 +10,9 @@ flushed denormals and the trainer's allocator setting, torch's default threads u
 
 * ``lstm``     : ``cell="lstm"`` (nn.LSTM, oneDNN on CPU)
 * ``old``      : ``cell="peephole"`` with the layers run by the original Python loop through
-                 autograd (``sparklstm.peephole.peephole_reference``), same weights as ``new``
+                 autograd (``sparklstm.nn.peephole.peephole_reference``), same weights as ``new``
 * ``new``      : ``cell="peephole"`` as shipped (one input-projection matmul, hand-written BPTT,
-                 each step's element-wise work in one C call: sparklstm/peephole_step.c)
+                 each step's element-wise work in one C call: sparklstm/nn/peephole_step.c)
 * ``torch``    : the same layer with its torch-kernel steps (``SPARKLSTM_PEEPHOLE_KERNEL=0``, the
                  fallback where no C compiler works), same weights as ``new``
 * ``jit``      : (``--jit``) the old loop under ``torch.jit.script``, for comparison only
@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparklstm.model import LSTMClassifier, locked_dropout
-from sparklstm import peephole_kernel
-from sparklstm.peephole import peephole_reference
+from sparklstm.nn.model import LSTMClassifier, locked_dropout
+from sparklstm.nn import peephole_kernel
+from sparklstm.nn.peephole import peephole_reference
 from sparklstm.runtime import tune_allocator
 
 VOCAB = 5000

@@ -8,7 +8,7 @@ frequencies over 50,000 words, 20 labels), written as Parquet. Measured in one r
   (a) a single-process loop: pandas/pyarrow read, the same ``tokenize``, the same split (Spark's
       ``xxhash64`` reproduced with the ``xxhash`` package), a Counter for the vocabulary, encode,
       pyarrow writes: what one would write without Spark
-  (b) ``sparklstm.prep`` through Spark local[2] (session started and warmed up first: in a data
+  (b) ``sparklstm.spark.prep`` through Spark local[2] (session started and warmed up first: in a data
       workflow the session already exists)
 
 The two run alternately ``--repeats`` times: this 2-core VM's speed drifts by +-15% between
@@ -33,8 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sparklstm.config import PrepConfig
-from sparklstm.prep import prep
-from sparklstm.session import get_spark
+from sparklstm import prep
+from sparklstm.spark.session import get_spark
 from sparklstm.text import Vocab, tokenize
 
 N_WORDS = 50_000
@@ -79,7 +79,7 @@ def spark_split(texts: list[str], cfg: PrepConfig) -> list[str]:
 
 
 def pandas_prep(input_dir: Path, out: Path, cfg: PrepConfig) -> dict:
-    """Single-process prep with the same semantics as sparklstm.prep (no Spark)."""
+    """Single-process prep with the same semantics as sparklstm.spark.prep (no Spark)."""
     df = pq.read_table(input_dir).to_pandas()
     df = df[df["text"].notna() & df["label"].notna()]
     texts = df["text"].tolist()

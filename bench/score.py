@@ -31,10 +31,10 @@ import pandas as pd
 
 from sparklstm.config import PrepConfig, TrainConfig
 from sparklstm.predictor import Predictor
-from sparklstm.prep import prep
-from sparklstm.scoring import classify_udf
-from sparklstm.session import get_spark
-from sparklstm.train import train
+from sparklstm import prep
+from sparklstm import classify_udf
+from sparklstm.spark.session import get_spark
+from sparklstm import train
 
 # Letter-only words ("ba", "bb", ...): one token each under sparklstm's tokenizer.
 WORDS = ["".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(5000)]

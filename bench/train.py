@@ -8,7 +8,7 @@ scored on the same val split:
 
   baseline : shuffled batches padded to max_len, fp32, element-wise dropout (the loop most
              tutorials show)
-  sparklstm: ``sparklstm.train`` defaults (length-bucketed batches padded to their own longest
+  sparklstm: ``sparklstm.training.loop`` defaults (length-bucketed batches padded to their own longest
              row, bf16 autocast where supported, fp32 master weights), early stopping off
 
 Prints real (non-pad) tokens/s and validation macro-F1 of each, and the speed ratio.
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from sparklstm.config import ModelConfig, TrainConfig, as_dict
-from sparklstm.data import read_split
+from sparklstm.training.data import read_split
 from sparklstm.device import resolve_device
 from sparklstm.metrics import confusion_matrix, report
-from sparklstm.model import LSTMClassifier
-from sparklstm.prep import load_prepped
-from sparklstm.train import predict_split, seed_everything, train
+from sparklstm.nn.model import LSTMClassifier
+from sparklstm.spark.prep import load_prepped
+from sparklstm.training.loop import predict_split, seed_everything, train
 
 
 def baseline(prepped: str, epochs: int, batch_size: int, seed: int, device: str = "cpu") -> dict:

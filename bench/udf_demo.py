@@ -15,8 +15,8 @@ import pandas as pd
 
 from sparklstm.cli import DEMO_CORPUS
 from sparklstm.predictor import Predictor
-from sparklstm.scoring import classify_udf
-from sparklstm.session import get_spark
+from sparklstm import classify_udf
+from sparklstm.spark.session import get_spark
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import sys
 
 from sparklstm.config import load_config
 from sparklstm.errors import SparklstmError
-from sparklstm.prep import prep
-from sparklstm.session import get_spark
+from sparklstm import prep
+from sparklstm.spark.session import get_spark
 
 
 def main(argv=None) -> int:

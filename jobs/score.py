@@ -9,8 +9,8 @@ import sys
 
 from sparklstm.config import add_score_arguments, score_config_from_args
 from sparklstm.errors import SparklstmError
-from sparklstm.scoring import score
-from sparklstm.session import get_spark
+from sparklstm import score
+from sparklstm.spark.session import get_spark
 
 
 def main(argv=None) -> int:

@@ -9,8 +9,8 @@ import sys
 
 from sparklstm.config import add_score_arguments, score_config_from_args
 from sparklstm.errors import SparklstmError
-from sparklstm.session import get_spark
-from sparklstm.streaming import TRIGGERS, score_stream
+from sparklstm.spark.session import get_spark
+from sparklstm.spark.streaming import TRIGGERS, score_stream
 
 
 def main(argv=None) -> int:

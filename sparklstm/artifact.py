@@ -57,7 +57,7 @@ class ModelArtifact:
 
     def build_model(self, *, device: str = "cpu"):
         """The network in eval mode on ``device``, rebuilt from config.json."""
-        from .model import LSTMClassifier
+        from .nn.model import LSTMClassifier
 
         m = self.config["model"]
         model = LSTMClassifier(

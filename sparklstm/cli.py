@@ -53,7 +53,7 @@ def guarded():
 
 
 def _spark(master: str | None):
-    from .session import get_spark
+    from .spark.session import get_spark
 
     return get_spark(master=master)
 
@@ -93,7 +93,7 @@ def prep(
 ):
     """Tokenize, build the vocabulary, split and encode a labelled corpus with Spark."""
     from .config import load_config
-    from .prep import prep as run_prep
+    from .spark.prep import prep as run_prep
 
     with guarded():
         cfg = load_config(path=config, overrides={"prep": dict(
@@ -150,9 +150,9 @@ def train(
 
     Every epoch is checkpointed in OUT/checkpoint/ (removed when training finishes);
     --resume continues an interrupted run to the same result."""
-    from .checkpoint import checkpoint_path
+    from .training.checkpoint import checkpoint_path
     from .config import load_config
-    from .train import train as run_train
+    from .training.loop import train as run_train
 
     with guarded():
         cfg = load_config(path=config, overrides={
@@ -206,7 +206,7 @@ def score(
     With --stream, keep scoring new files of INPUT into OUT (plus a model_id column) until
     Ctrl-C, or until the files present are done with --trigger available-now."""
     from .config import load_config
-    from .scoring import score as run_score
+    from .spark.scoring import score as run_score
 
     with guarded():
         cfg = load_config(path=config, overrides={"score": dict(
@@ -242,7 +242,7 @@ def _check_stream_args(*, checkpoint, overwrite: bool, format) -> None:
 
 
 def _score_stream(spark, *, input: str, model: Path, out: str, cfg, trigger, interval, **options):
-    from .streaming import score_stream
+    from .spark.streaming import score_stream
 
     summary = score_stream(spark, input_dir=input, model_dir=model, out=out,
                            text_col=cfg.text_col, pred_col=cfg.pred_col,
@@ -265,7 +265,7 @@ def evaluate(
 ):
     """Accuracy, macro-F1, per-class scores and confusion matrix, computed by Spark; JSON report
     and PNGs (confusion matrix, per-class F1) beside it."""
-    from .evaluate import evaluate_scored
+    from .spark.evaluate import evaluate_scored
 
     with guarded():
         out = out or Path(str(scored).rstrip("/") + ".evaluation.json")
@@ -322,10 +322,10 @@ def demo(
 ):
     """Run the whole pipeline on the embedded SpamAssassin subset and print the test metrics."""
     from .config import load_config
-    from .evaluate import evaluate_scored
-    from .prep import prep as run_prep
-    from .scoring import score as run_score
-    from .train import train as run_train
+    from .spark.evaluate import evaluate_scored
+    from .spark.prep import prep as run_prep
+    from .spark.scoring import score as run_score
+    from .training.loop import train as run_train
 
     with guarded():
         if workdir.exists() and any(workdir.iterdir()) and not (workdir / ".sparklstm-demo").exists():
@@ -370,8 +370,8 @@ def explain(
 ):
     """Per-token attributions for the predicted class, as coloured text (green: toward it)."""
     from .device import resolve_device
-    from .explain import METHODS, explain as run_explain
-    from .explain_view import summary, to_html, to_rich
+    from .explain.attribution import METHODS, explain as run_explain
+    from .explain.view import summary, to_html, to_rich
     from .predictor import Predictor
 
     with guarded():

@@ -43,7 +43,7 @@ class ModelConfig:
     bidirectional: bool = True
     bag_of_embeddings: bool = False  # the mean of the token embeddings joins the pooled states
     # TF-IDF word unigrams + hashed bigrams into a linear layer, fitted first as logistic
-    # regression and mixed with the recurrent path's logits (sparklstm/wide.py).
+    # regression and mixed with the recurrent path's logits (sparklstm/nn/wide.py).
     wide: bool = True
     wide_buckets: int = 262_139  # bigram hash buckets (a prime)
 

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from .artifact import ModelArtifact, load_artifact
-from .data import pad_ids
+from .training.data import pad_ids
 from .errors import SparklstmError
 from .runtime import tune_allocator
 
@@ -141,7 +141,7 @@ class Predictor:
 
         Sorting by length keeps padding small; each batch is padded only to its own longest
         row (and closed early when that would waste more than PAD_WASTE), and padding never
-        changes a row's result (see model.py).
+        changes a row's result (see nn/model.py).
         """
         import torch
 

@@ -36,7 +36,7 @@ def make_corpus(n: int, *, classes=("sports", "tech", "food"), seed: int = 0,
 
 @pytest.fixture(scope="session")
 def spark():
-    from sparklstm.session import get_spark
+    from sparklstm.spark.session import get_spark
 
     session = get_spark(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
     yield session
@@ -52,7 +52,7 @@ def corpus_path(spark, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepped_dir(spark, corpus_path, tmp_path_factory):
-    from sparklstm.prep import prep
+    from sparklstm import prep
 
     out = tmp_path_factory.mktemp("prep") / "prepped"
     prep(spark, input_path=str(corpus_path), out=out, config=PrepConfig(min_freq=1, max_len=64))
@@ -65,7 +65,7 @@ FAST_TRAIN = TrainConfig(epochs=4, batch_size=32, lr=5e-3, patience=2)
 
 @pytest.fixture(scope="session")
 def model_dir(prepped_dir, tmp_path_factory):
-    from sparklstm.train import train
+    from sparklstm import train
 
     out = tmp_path_factory.mktemp("model") / "model"
     train(prepped=prepped_dir, out=out, model_config=SMALL_MODEL, train_config=FAST_TRAIN,

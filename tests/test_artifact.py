@@ -19,7 +19,7 @@ from conftest import SMALL_MODEL, make_corpus
 import sparklstm
 from sparklstm.artifact import CONFIG, VOCAB, WEIGHTS, load_artifact
 from sparklstm.errors import SparklstmError
-from sparklstm.model import LSTMClassifier
+from sparklstm.nn.model import LSTMClassifier
 from sparklstm.predictor import Predictor
 from sparklstm.text import tokenize
 

@@ -38,7 +38,7 @@ from conftest import KEYWORDS, make_corpus
 from sparklstm.artifact import CONFIG, VOCAB, WEIGHTS, load_artifact, sha256
 from sparklstm.errors import SparklstmError
 from sparklstm.predictor import Predictor
-from sparklstm.scoring import classify_udf
+from sparklstm import classify_udf
 from test_cli import clean_error, invoke, ok
 
 REPO = Path(__file__).resolve().parents[1]

@@ -135,7 +135,7 @@ def test_cli_score(spark, chain, work):
 
 
 def test_cli_evaluate(spark, chain, work):
-    from sparklstm.evaluate import evaluate_scored
+    from sparklstm.spark.evaluate import evaluate_scored
 
     base = work["base"]
     report = json.loads((base / "scored.evaluation.json").read_text())

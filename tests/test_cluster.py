@@ -71,7 +71,7 @@ spark = (SparkSession.builder.master("local-cluster[1,2,1024]")
 def choose(batches):
     import pandas as pd
     from pyspark import TaskContext
-    from sparklstm.scoring import _task_device
+    from sparklstm.spark.scoring import _task_device
 
     ctx = TaskContext.get()
     for _ in batches:

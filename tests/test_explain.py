@@ -1,4 +1,4 @@
-"""sparklstm.explain / sparklstm.ig: attributions on real (tiny) torch models, no mocks.
+"""sparklstm.explain.attribution / sparklstm.explain.ig: attributions on real (tiny) torch models, no mocks.
 
 * completeness: IG attributions sum to score(text) - score(baseline), for every cell, for the
   sigmoid (2 classes) and softmax (3 classes) heads;
@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from sparklstm.artifact import ModelArtifact
 from sparklstm.cli import app
-from sparklstm.explain import explain, explain_batch, explain_many
-from sparklstm.model import LSTMClassifier
+from sparklstm.explain.attribution import explain, explain_batch, explain_many
+from sparklstm.nn.model import LSTMClassifier
 from sparklstm.predictor import Predictor
 from sparklstm.text import Vocab
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sparklstm.artifact import CONFIG, VOCAB, WEIGHTS, load_artifact
 from sparklstm.cli import app
 from sparklstm.info import model_info
-from sparklstm.train import CURVES_PNG
+from sparklstm.training.loop import CURVES_PNG
 
 runner = CliRunner()
 

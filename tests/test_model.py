@@ -1,4 +1,4 @@
-"""sparklstm.model: the peephole LSTM equations, nn.LSTM equivalence, gradients, the classifier."""
+"""sparklstm.nn.model: the peephole LSTM equations, nn.LSTM equivalence, gradients, the classifier."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparklstm.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM, RecurrentStack, reverse_rows
+from sparklstm.nn.model import CELLS, POOLINGS, LSTMClassifier, PeepholeLSTM, RecurrentStack, reverse_rows
 
 
 @pytest.fixture(autouse=True, scope="module")

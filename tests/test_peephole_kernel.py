@@ -1,4 +1,4 @@
-"""The peephole layer's fused C step (sparklstm/peephole_step.c) against its torch-kernel steps.
+"""The peephole layer's fused C step (sparklstm/nn/peephole_step.c) against its torch-kernel steps.
 
 Both paths run the same equations on the same buffers; ``SPARKLSTM_PEEPHOLE_KERNEL=0`` selects
 the torch kernels. The equations themselves are checked in test_model.py and
@@ -14,9 +14,9 @@ import sys
 import pytest
 import torch
 
-from sparklstm import peephole_kernel
-from sparklstm.model import LSTMClassifier
-from sparklstm.peephole import peephole_layer_time_major
+from sparklstm.nn import peephole_kernel
+from sparklstm.nn.model import LSTMClassifier
+from sparklstm.nn.peephole import peephole_layer_time_major
 
 pytestmark = pytest.mark.skipif(peephole_kernel.step_kernel() is None,
                                 reason="no working C compiler here: the torch steps are used")
@@ -95,7 +95,7 @@ def test_loading_the_kernel_leaves_denormals_alone():
     """Linking with -ffast-math would add gcc's crtfastmath.o, which switches the whole process
     to flush denormals when the library loads (overriding train.flush_denormal)."""
     code = ("import torch; torch.set_flush_denormal(False)\n"
-            "from sparklstm.peephole_kernel import step_kernel\n"
+            "from sparklstm.nn.peephole_kernel import step_kernel\n"
             "assert step_kernel() is not None\n"
             "print(float(torch.tensor([1e-39]) * 1.0))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -1,4 +1,4 @@
-"""The fast peephole layer (sparklstm/peephole.py): same numbers and gradients as the seed's
+"""The fast peephole layer (sparklstm/nn/peephole.py): same numbers and gradients as the seed's
 autograd loop, gradcheck, padding invariance, inference/autocast paths, and the structure that
 makes it fast (one projection matmul, O(1) graph nodes in T, faster than the loop)."""
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from sparklstm.model import LSTMClassifier, PeepholeLSTM, RecurrentStack
-from sparklstm.peephole import peephole_reference
+from sparklstm.nn.model import LSTMClassifier, PeepholeLSTM, RecurrentStack
+from sparklstm.nn.peephole import peephole_reference
 
 
 def _layer(D: int, H: int, *, seed: int, dtype=torch.float64, scale: float = 0.5) -> PeepholeLSTM:

@@ -15,10 +15,10 @@ import pytest
 from conftest import make_corpus
 from sparklstm import plots
 from sparklstm.errors import SparklstmError
-from sparklstm.evaluate import evaluate_scored
+from sparklstm.spark.evaluate import evaluate_scored
 from sparklstm.metrics import report
-from sparklstm.scoring import classify_udf
-from sparklstm.train import CURVES_PNG
+from sparklstm import classify_udf
+from sparklstm.training.loop import CURVES_PNG
 
 
 def decoded(path) -> np.ndarray:

@@ -21,8 +21,8 @@ import pytest
 from conftest import KEYWORDS, make_corpus
 from sparklstm.config import PrepConfig
 from sparklstm.errors import SparklstmError
-from sparklstm.prep import ARROW_MAX_BYTES, CACHE_COMPRESSED, SPLITS, prep
-from sparklstm.session import session_conf
+from sparklstm.spark.prep import ARROW_MAX_BYTES, CACHE_COMPRESSED, SPLITS, prep
+from sparklstm.spark.session import session_conf
 from sparklstm.text import Vocab, tokenize
 
 CLASSES = ("sports", "tech", "food")
@@ -457,7 +457,7 @@ def test_prep_leaves_the_session_confs_as_they_were(spark, small_src, tmp_path):
 def test_pass_two_keeps_the_byte_cap_when_rows_are_not_capped(spark, small_src, tmp_path,
                                                              monkeypatch):
     """Pass 2 drops the Arrow byte cap only while maxRecordsPerBatch bounds its batches."""
-    import sparklstm.prep as prep_module
+    import sparklstm.spark.prep as prep_module
 
     asked = []
     real = prep_module.session_conf
@@ -574,7 +574,7 @@ def test_an_empty_partition_counts_nothing_and_converts_to_the_schema(spark):
     the string schema ("Cannot convert ChunkedArray"). Pass 1 now builds typed Arrow batches."""
     import pyarrow as pa
 
-    from sparklstm.local_ids import KIND_COUNT, KIND_STATS, PASS1_SCHEMA, tokenize_partition
+    from sparklstm.spark.local_ids import KIND_COUNT, KIND_STATS, PASS1_SCHEMA, tokenize_partition
 
     rows = spark.createDataFrame([("a b a", "x", "train")], "text string, label string, split string")
     counted = rows.repartition(3).mapInArrow(tokenize_partition(True, 8), PASS1_SCHEMA).collect()
@@ -596,7 +596,7 @@ def test_pass_two_remaps_local_ids_across_arrow_batches(spark):
     Arrow batches, tokens first appear late, rows are truncated, and tokens miss the vocabulary."""
     import pyarrow as pa
 
-    from sparklstm.local_ids import KIND_DICT, KIND_ROW, remap_partition, tokenize_partition
+    from sparklstm.spark.local_ids import KIND_DICT, KIND_ROW, remap_partition, tokenize_partition
     from sparklstm.text import Vocab, tokenize
 
     texts = [" ".join(f"w{(i * 7 + j) % 23}" for j in range(i % 13 + 1)) for i in range(200)]

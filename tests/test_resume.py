@@ -22,12 +22,12 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import SMALL_MODEL
-from sparklstm.checkpoint import CHECKPOINT_DIR, checkpoint_path, read_checkpoint
+from sparklstm.training.checkpoint import CHECKPOINT_DIR, checkpoint_path, read_checkpoint
 from sparklstm.cli import app
 from sparklstm.config import TrainConfig
-from sparklstm.data import batch_indices, read_split
+from sparklstm.training.data import batch_indices, read_split
 from sparklstm.errors import SparklstmError
-from sparklstm.train import train
+from sparklstm import train
 
 EPOCHS, KILL_AFTER = 4, 2
 # Early stopping off (patience > epochs): every run trains all EPOCHS epochs.

@@ -20,7 +20,7 @@ import pytest
 from conftest import make_corpus
 from sparklstm.errors import SparklstmError
 from sparklstm.predictor import Predictor
-from sparklstm.scoring import RESULT_TYPE, classify_udf, score
+from sparklstm.spark.scoring import RESULT_TYPE, classify_udf, score
 
 EMPTYISH = [None, "", "   ", "\t\n", "___"]  # no tokens: null prediction
 
@@ -310,7 +310,7 @@ def jobs_run(spark, fn) -> int:
 
 @pytest.mark.parametrize("case", ["missing", "integer"])
 def test_score_bad_text_column_fails_before_any_job(spark, model_dir, tmp_path, case):
-    from sparklstm.tables import read_table
+    from sparklstm.spark.tables import read_table
 
     src = tmp_path / "in.parquet"
     if case == "missing":
@@ -358,7 +358,7 @@ def recompute(pdf: pd.DataFrame) -> dict:
 
 
 def test_evaluate_scored_equals_recomputation(spark, scored, tmp_path):
-    from sparklstm.evaluate import evaluate_scored
+    from sparklstm.spark.evaluate import evaluate_scored
 
     _, out, rows, _ = scored
     report_path = tmp_path / "eval.json"
@@ -384,7 +384,7 @@ def test_evaluate_scored_equals_recomputation(spark, scored, tmp_path):
 
 
 def test_evaluate_scored_missing_label_column(spark, scored):
-    from sparklstm.evaluate import evaluate_scored
+    from sparklstm.spark.evaluate import evaluate_scored
 
     out = scored[1]
     with pytest.raises(SparklstmError, match="label column 'category' not found"):
@@ -453,7 +453,7 @@ def test_bf16_weights_cast_once_on_cpu_give_autocasts_results(model_dir, tmp_pat
     import torch
 
     from sparklstm.artifact import load_artifact, save_model
-    from sparklstm.model import LSTMClassifier
+    from sparklstm.nn.model import LSTMClassifier
 
     art = load_artifact(model_dir)
     config = {**{k: v for k, v in art.config["model"].items() if k != "vocab_size"}, "cell": cell,
@@ -497,7 +497,7 @@ def test_worker_cache_keeps_one_predictor_per_model_device_and_precision(spark, 
     """A reused worker decodes the model once per key; a new precision is a new key (the device is
     part of the same key; a second device needs CUDA, not here)."""
     from sparklstm.artifact import model_from_files, read_model_files
-    from sparklstm.scoring import _PREDICTORS, LOAD_COUNT, _predictor
+    from sparklstm.spark.scoring import _PREDICTORS, LOAD_COUNT, _predictor
 
     files = read_model_files(model_dir)
     files_bc = spark.sparkContext.broadcast(files)
@@ -520,12 +520,12 @@ def test_worker_cache_keeps_one_predictor_per_model_device_and_precision(spark, 
 
 
 def test_task_device_inside_a_spark_task_is_cpu(spark):
-    from sparklstm.scoring import _task_device
+    from sparklstm.spark.scoring import _task_device
 
     def probe(batches):
         from pyspark import TaskContext
 
-        from sparklstm.scoring import _task_device
+        from sparklstm.spark.scoring import _task_device
 
         for _ in batches:
             ctx = TaskContext.get()
@@ -545,9 +545,9 @@ def test_task_device_inside_a_spark_task_is_cpu(spark):
 
 def test_udf_explain_adds_top_k_tokens(spark, model_dir):
     """explain=k adds the top-k (token, attribution) pairs, equal to explain_batch run locally."""
-    from sparklstm.explain import explain_batch
+    from sparklstm.explain.attribution import explain_batch
     from sparklstm.predictor import Predictor
-    from sparklstm.scoring import classify_udf
+    from sparklstm import classify_udf
 
     texts = ["the goal of the match was a great score", None, "bake the spice in the oven"]
     df = spark.createDataFrame([(t,) for t in texts], "text string")
@@ -566,7 +566,7 @@ def test_udf_explain_adds_top_k_tokens(spark, model_dir):
 def test_udf_in_bf16_equals_the_local_bf16_predictor_and_explains_in_fp32(spark, model_dir):
     """precision=bf16 through Spark: the same probabilities as a local bf16 Predictor (whose
     weights are cast once), and explanations from the fp32 network, as explain_batch gives."""
-    from sparklstm.explain import explain_batch
+    from sparklstm.explain.attribution import explain_batch
 
     texts = mixed_texts()
     df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, text string").coalesce(1)

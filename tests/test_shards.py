@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sparklstm.data import Split, read_split
+from sparklstm.training.data import Split, read_split
 from sparklstm.errors import SparklstmError
-from sparklstm.shards import ShardedSplit, open_split
+from sparklstm.training.shards import ShardedSplit, open_split
 from sparklstm.text import Vocab
 
 
@@ -101,7 +101,7 @@ def test_a_missing_or_broken_split_is_a_clear_error(tmp_path, small_prepped):
 TRAIN_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     from sparklstm.config import ModelConfig, TrainConfig
-    from sparklstm.train import train
+    from sparklstm import train
     prepped, out, buffer_rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
     m = train(prepped=prepped, out=out, progress=False, log=lambda m: None,
               model_config=ModelConfig(embed_dim=8, hidden_size=8, num_layers=1, dropout=0.0),

@@ -25,8 +25,8 @@ from cluster import ENV, REPO, SPARK_BIN
 from conftest import make_corpus
 from sparklstm.artifact import load_artifact, save_model
 from sparklstm.errors import SparklstmError
-from sparklstm.scoring import score
-from sparklstm.streaming import PIN_FILE, score_stream
+from sparklstm import score
+from sparklstm.spark.streaming import PIN_FILE, score_stream
 from test_cli import clean_error, invoke
 
 ROWS_PER_FILE = 25

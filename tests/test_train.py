@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from conftest import FAST_TRAIN, SMALL_MODEL
 from sparklstm.config import TrainConfig
 from sparklstm.errors import SparklstmError
-from sparklstm.train import train
+from sparklstm import train
 
 
 def test_separable_corpus_reaches_over_90_percent(model_dir):
@@ -79,7 +79,7 @@ def test_tuning_options_train_and_round_trip(prepped_dir, tmp_path):
 
 
 def test_cosine_schedule_runs_from_lr_to_zero():
-    from sparklstm.train import lr_at
+    from sparklstm.training.loop import lr_at
 
     cfg = TrainConfig(lr=2e-3, lr_schedule="cosine")
     assert lr_at(cfg, 0.0) == pytest.approx(2e-3)
@@ -89,7 +89,7 @@ def test_cosine_schedule_runs_from_lr_to_zero():
 
 
 def test_token_budget_cuts_epochs_and_keeps_at_least_one():
-    from sparklstm.train import planned_epochs
+    from sparklstm.training.loop import planned_epochs
 
     cfg = TrainConfig(epochs=10, token_budget=1_000)
     assert planned_epochs(cfg, train_tokens=99) == 10  # small split: every epoch
@@ -107,8 +107,8 @@ def test_a_budget_below_two_epochs_trains_one_epoch_with_the_whole_schedule(prep
     says so in its log and in metrics.json."""
     from dataclasses import replace
 
-    from sparklstm.data import read_split
-    from sparklstm.shards import ShardedSplit
+    from sparklstm.training.data import read_split
+    from sparklstm.training.shards import ShardedSplit
 
     tokens = read_split(prepped_dir / "train").tokens()
     assert ShardedSplit(prepped_dir / "train", buffer_rows=10).tokens() == tokens > 0

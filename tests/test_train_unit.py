@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sparklstm.config import Config, apply_overrides, load_config
-from sparklstm.data import batch_indices, pad_ids
+from sparklstm.training.data import batch_indices, pad_ids
 from sparklstm.errors import SparklstmError
 from sparklstm.metrics import confusion_matrix, report
 
@@ -232,7 +232,7 @@ def test_missing_config_file(tmp_path):
 def test_train_refuses_a_dropout_outside_0_1(tmp_path, dropout):
     """Checked before any data is read: a dropout of 1 would divide by zero in training."""
     from sparklstm.config import ModelConfig
-    from sparklstm.train import train
+    from sparklstm import train
 
     with pytest.raises(SparklstmError, match="model.dropout"):
         train(prepped=tmp_path / "absent", out=tmp_path / "m", model_config=ModelConfig(dropout=dropout))

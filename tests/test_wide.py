@@ -1,4 +1,4 @@
-"""The wide path (sparklstm/wide.py): TF-IDF features, the logistic-regression fit, the mix of
+"""The wide path (sparklstm/nn/wide.py): TF-IDF features, the logistic-regression fit, the mix of
 the two paths, and exact per-token shares."""
 
 import math
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from sparklstm.data import Split
-from sparklstm.model import LSTMClassifier
-from sparklstm.wide import (MIN_DF, PAIR_PRIME, WideNgrams, _objective, choose_mix,
+from sparklstm.training.data import Split
+from sparklstm.nn.model import LSTMClassifier
+from sparklstm.nn.wide import (MIN_DF, PAIR_PRIME, WideNgrams, _objective, choose_mix,
                             document_frequencies, fit_logistic, fit_wide, ngram_counts, set_idf,
                             split_tensors)
 
@@ -159,8 +159,8 @@ def test_training_fits_the_wide_path_first_and_records_it(prepped_dir, tmp_path)
     from conftest import FAST_TRAIN, SMALL_MODEL
 
     from sparklstm.artifact import load_artifact
-    from sparklstm.train import train
-    from sparklstm.wide import C_GRID
+    from sparklstm import train
+    from sparklstm.nn.wide import C_GRID
 
     quick = dataclasses.replace(FAST_TRAIN, epochs=2)
     metrics = train(prepped=prepped_dir, out=tmp_path / "wide", model_config=SMALL_MODEL,

@@ -148,7 +148,7 @@ class WideFit:
 
 def split_tensors(split, *, batch_size: int = 512):
     """(ids (B, T), lengths (B,), labels (B,)) batches of a split, in a fixed order."""
-    from .data import pad_batch
+    from ..training.data import pad_batch
 
     for part, rows in split.batches(batch_size=batch_size, rng=None):
         yield pad_batch(part, rows)
@@ -268,7 +268,7 @@ def fit_wide(wide: WideNgrams, *, train_split, val_split, num_classes: int,
     and test macro-F1 of 300 (within 0.002) in 43% and 40% of the time (bench/NOTES.md)."""
     import time
 
-    from .metrics import confusion_matrix, report
+    from ..metrics import confusion_matrix, report
 
     started = time.perf_counter()
     df, docs = document_frequencies(wide, split_tensors(train_split))
@@ -323,7 +323,7 @@ def choose_mix(deep: torch.Tensor, wide: torch.Tensor, y: torch.Tensor, *, num_c
     weights, so one lucky row on a small validation set does not pick an isolated spike; ties
     go to the lower log loss. Returns the unsmoothed macro-F1 of the weight chosen.
     """
-    from .metrics import confusion_matrix, report
+    from ..metrics import confusion_matrix, report
 
     names = [str(i) for i in range(num_classes)]
     scores, losses = [], []

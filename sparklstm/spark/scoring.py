@@ -16,10 +16,10 @@ from typing import Iterator
 
 import pandas as pd
 
-from .artifact import model_from_files, read_model_files
-from .device import resolve_device, task_gpu_device
-from .errors import SparklstmError
-from .predictor import PRECISIONS
+from ..artifact import model_from_files, read_model_files
+from ..device import resolve_device, task_gpu_device
+from ..errors import SparklstmError
+from ..predictor import PRECISIONS
 
 RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
 
@@ -44,7 +44,7 @@ def _task_device(requested: str) -> str:
 
 
 def _predictor(files_bc, model_id: str, device: str, batch_size: int, precision: str):
-    from .predictor import Predictor
+    from ..predictor import Predictor
 
     key = (model_id, device, precision)
     predictor = _PREDICTORS.get(key)
@@ -81,7 +81,7 @@ def _results(predictor, texts: pd.Series, explain: int = 0, explain_method: str 
         "probabilities": [p.tolist() if ok else None for ok, p in zip(valid, probs)],
     }
     if explain:
-        from .explain import explain_batch
+        from ..explain.attribution import explain_batch
 
         top = explain_batch(predictor, texts.tolist(), k=explain, method=explain_method)
         columns["explanation"] = [

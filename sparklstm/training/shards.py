@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from .data import Split, batch_indices, read_split, split_from_table
-from .errors import SparklstmError
+from ..errors import SparklstmError
 
 
 def _parquet_files(path: Path) -> list[Path]:

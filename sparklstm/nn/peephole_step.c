@@ -1,9 +1,9 @@
 /* The peephole layer's per-step element-wise work, fused (training on CPU).
  *
- * sparklstm/peephole.py runs a time step as ~20 small torch kernels (forward) and ~8 (backward);
+ * peephole.py runs a time step as ~20 small torch kernels (forward) and ~8 (backward);
  * at batch 64 and hidden 128 their launches cost more than their arithmetic. These two functions
  * do the same work in one pass over the step's rows; the matmuls stay in torch (oneDNN).
- * Built at run time by sparklstm/peephole_kernel.py (cc -O3 -march=native); see there.
+ * Built at run time by peephole_kernel.py (cc -O3 -march=native); see there.
  *
  * Layout (all row-major, contiguous): gates in the internal order (o, i, f, 2 z_g), blocks of H
  * per row; J (B, 4H); K, R, c, h, dh, dc (B, H); peep (3, H) rows (W_co, W_ci, W_cf); gp (B, 3, H)

@@ -6,7 +6,7 @@ Steps, all distributed (the driver only ever collects the vocabulary, the label 
 2. split by a seeded hash of the text: identical texts always land in the same split, a text's
    split never changes when the corpus grows, and each label is split in the same proportions
    in expectation
-3. pass 1 (``mapInArrow``, ``sparklstm/local_ids.py``): tokenize each text once with
+3. pass 1 (``mapInArrow``, ``local_ids.py``): tokenize each text once with
    ``text.tokenize`` (the same function training and scoring use) into partition-local token ids,
    and count, per partition, the tokens of the *train* split (so val/test never leak into the
    vocabulary) and the rows and tokens per (split, label); the output is persisted. Spark sums
@@ -28,13 +28,13 @@ import shutil
 import time
 from pathlib import Path
 
-from .config import PrepConfig, as_dict
-from .errors import SparklstmError
+from ..config import PrepConfig, as_dict
+from ..errors import SparklstmError
 from .tables import first_line, is_empty, read_table, require_columns, spark_errors
 from .local_ids import (KIND_COUNT, KIND_DICT, KIND_ROW, KIND_STATS, PASS1_SCHEMA, PASS2_SCHEMA,
                         remap_partition, tokenize_partition)
 from .session import session_conf
-from .text import Vocab
+from ..text import Vocab
 
 # Runtime SQL confs prep sets for its own queries only (restored after each; see prep()).
 ARROW_MAX_BYTES = "spark.sql.execution.arrow.maxBytesPerBatch"
@@ -105,7 +105,7 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
             F.col(cfg.text_col).alias("text"),
             F.col(cfg.label_col).cast("string").alias("label"),
         ).withColumn("split", split)
-        # Pass 1: tokenized once, into partition-local ids (sparklstm/local_ids.py), persisted
+        # Pass 1: tokenized once, into partition-local ids (local_ids.py), persisted
         # for pass 2. Spilled to disk when it does not fit in memory.
         partial = (rows.mapInArrow(tokenize_partition(cfg.lowercase, cfg.max_len), PASS1_SCHEMA)
                    .persist(StorageLevel.MEMORY_AND_DISK))

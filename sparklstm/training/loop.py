@@ -3,7 +3,7 @@
 The loop is written out (no framework): length-bucketed batches, Adam, gradient clipping, a
 validation pass per epoch, early stopping on validation macro-F1 with the best weights kept, and
 the model directory written at the end with validation and test metrics. After every epoch the
-loop's whole state is checkpointed (``sparklstm/checkpoint.py``) so ``resume=True`` continues an
+loop's whole state is checkpointed (``checkpoint.py``) so ``resume=True`` continues an
 interrupted run to the same result; a run that finishes removes its checkpoint.
 """
 
@@ -19,18 +19,18 @@ from typing import Callable
 
 import numpy as np
 
-from .artifact import save_model
+from ..artifact import save_model
 from .checkpoint import LoopState, remove_checkpoint, run_settings, save_checkpoint
 from .checkpoint import resume as resume_state
-from .config import ModelConfig, TrainConfig, as_dict
+from ..config import ModelConfig, TrainConfig, as_dict
 from .data import Split, pad_batch
 from .shards import ShardedSplit, open_split
-from .device import resolve_device
-from .errors import SparklstmError
-from .metrics import confusion_matrix, report
-from .prep import load_prepped
-from .runtime import tune_allocator
-from .wide import choose_mix, fit_wide, predicted
+from ..device import resolve_device
+from ..errors import SparklstmError
+from ..metrics import confusion_matrix, report
+from ..spark.prep import load_prepped
+from ..runtime import tune_allocator
+from ..nn.wide import choose_mix, fit_wide, predicted
 
 
 CURVES_PNG = "training_curves.png"  # written into the model directory
@@ -193,13 +193,13 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     seed_everything(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
 
-    from .model import LSTMClassifier
+    from ..nn.model import LSTMClassifier
 
     model = LSTMClassifier(vocab_size=len(vocab), num_classes=len(labels), **as_dict(mcfg))
     wide_fit = None
     if model.wide is not None:
         # The wide path is logistic regression on TF-IDF features: fitted first, as the convex
-        # problem it is (wide.py), then held fixed while the recurrent path trains.
+        # problem it is (sparklstm/nn/wide.py), then held fixed while the recurrent path trains.
         model.wide.requires_grad_(False)
         if not resume:
             wide_fit = fit_wide(model.wide, train_split=train_split, val_split=val_split,
@@ -303,7 +303,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
         metrics["wide"] = {"mix": float(model.wide.mix)} | (st.wide_fit or {})
     save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
-    from .plots import training_curves
+    from ..plots import training_curves
 
     training_curves(st.history, out=Path(out) / CURVES_PNG)  # loss and val macro-F1 per epoch
     remove_checkpoint(out)  # the model directory is complete; only an interrupted run needs it

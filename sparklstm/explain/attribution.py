@@ -6,7 +6,7 @@ means "toward the predicted class":
 * two classes (one logit ``z``, sigmoid): ``z`` when class 1 is predicted, ``-z`` for class 0;
 * more classes (softmax): the predicted class's logit.
 
-**Integrated gradients** (IG, :mod:`sparklstm.ig`) integrate the gradient of that score along
+**Integrated gradients** (IG, :mod:`sparklstm.explain.ig`) integrate the gradient of that score along
 the straight line from a baseline to the text's embeddings. The baseline is the all-``<pad>``
 sequence of the same length (embedding row 0, zero because ``padding_idx=0``). The integral is a
 Gauss-Legendre rule with ``steps`` nodes; the nodes of many texts share batched forward/backward
@@ -34,9 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import SparklstmError
+from ..errors import SparklstmError
 from .ig import DELTA_FLOOR, MAX_TOKENS, class_score, integrated_gradients
-from .text import UNK, tokenize
+from ..text import UNK, tokenize
 
 METHODS = ("ig", "occlusion")
 CHUNK = 64  # texts explained together
@@ -212,7 +212,7 @@ def _add_wide_shares(model, ids: list[np.ndarray], classes: np.ndarray, paths, *
     """
     import torch
 
-    from .data import pad_ids
+    from ..training.data import pad_ids
 
     lengths = np.array([len(a) for a in ids])
     x = torch.from_numpy(pad_ids(ids, lengths, np.arange(len(ids)))).to(device)  # (n, T)

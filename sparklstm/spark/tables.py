@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import SparklstmError
+from ..errors import SparklstmError
 
 FORMATS = ("parquet", "csv", "json")
 _EXT = {".parquet": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json",

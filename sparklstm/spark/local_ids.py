@@ -29,7 +29,7 @@ import itertools
 import numpy as np
 import pyarrow as pa
 
-from .text import UNK, tokenize
+from ..text import UNK, tokenize
 
 KIND_DICT, KIND_ROW, KIND_COUNT, KIND_STATS = 0, 1, 2, 3
 

@@ -2,7 +2,7 @@
 
 ``score_stream(spark, input_dir=..., model_dir=..., out=..., checkpoint=...)`` runs a query that
 reads each new file of ``input_dir`` with Spark's file source, adds the same ``classify_udf``
-prediction as batch :func:`~sparklstm.scoring.score`, and writes Parquet through the file sink.
+prediction as batch :func:`~sparklstm.spark.scoring.score`, and writes Parquet through the file sink.
 The checkpoint (offsets and commits) and the sink's ``_spark_metadata`` log make every input row
 appear exactly once in the output as ``spark.read.parquet(out)`` reads it, across crashes and
 restarts on the same checkpoint.
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .errors import SparklstmError
+from ..errors import SparklstmError
 
 TRIGGERS = ("processing-time", "available-now")
 PIN_FILE = "sparklstm-model.json"
@@ -185,7 +185,7 @@ def start_stream(spark, *, input_dir: str, model_dir: str | Path, out: str, chec
 def score_stream(spark, *, log: Callable[[str], None] | None = None, **options) -> StreamSummary:
     """Score new Parquet files of ``input_dir`` as they arrive; block until done or stopped.
 
-    Writes every input column plus ``pred_col`` (the :func:`~sparklstm.scoring.classify_udf`
+    Writes every input column plus ``pred_col`` (the :func:`~sparklstm.spark.scoring.classify_udf`
     struct) and ``model_col`` (the model's sha256) to ``out`` through the Parquet file sink, with
     ``checkpoint`` as the query's checkpoint location. Options are those of :func:`start_stream`:
     ``trigger`` ``"processing-time"`` (a micro-batch every ``interval``, until Ctrl-C or SIGTERM)

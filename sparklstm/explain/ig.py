@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .text import PAD
+from ..text import PAD
 
 # Rows x padded length per forward pass. IG's backward keeps ~ 10 floats per token per hidden unit
 # and layer, so 32k tokens stay under ~200 MB at H = 128, 2 layers.
@@ -95,7 +95,7 @@ def integrated_gradients(model, ids: list[np.ndarray], classes: np.ndarray, *, s
                          device: str = "cpu") -> list[PathResult]:
     """IG of each text (non-empty id arrays) for its class in ``classes``; batched.
 
-    The caller sets up gradients (see explain.py: eval mode, cuDNN off on CUDA).
+    The caller sets up gradients (see attribution.py: eval mode, cuDNN off on CUDA).
 
     Example
     -------

@@ -31,7 +31,7 @@ Design (measured on the 2-core CPU, batch 64, hidden 128; ``bench/peephole.py``)
   were about half of a bf16 training step. Elsewhere (no compiler, float64, CUDA, inference,
   a retained graph) the torch-kernel steps below run; tests check the two paths agree.
 
-Autocast (train.py's precision=bf16, the scorer's bf16): the matmuls -- the all-steps input
+Autocast (training's precision=bf16, the scorer's bf16): the matmuls -- the all-steps input
 projection, the per-step recurrent matmul and the backward's -- run in the autocast dtype, as
 autocast would run them; the cell state, the gates' element-wise work and J, K, R stay in the
 input's dtype (fp32). Without autocast everything is in the input's dtype. Device-agnostic (no

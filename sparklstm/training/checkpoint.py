@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SparklstmError
+from ..errors import SparklstmError
 
 FORMAT, FORMAT_VERSION = "sparklstm-checkpoint", 1
 CHECKPOINT_DIR, CHECKPOINT_FILE = "checkpoint", "checkpoint.safetensors"

@@ -1,4 +1,4 @@
-"""Show an :class:`~sparklstm.explain.Explanation`: the text with its tokens coloured by
+"""Show an :class:`~sparklstm.explain.attribution.Explanation`: the text with its tokens coloured by
 attribution, in the terminal (rich) or as a standalone HTML page.
 
 Green pushes toward the predicted class, red away from it; the colour's strength is the
@@ -13,7 +13,7 @@ import unicodedata
 
 import numpy as np
 
-from .text import _TOKEN
+from ..text import _TOKEN
 
 GREEN, RED = (22, 163, 74), (220, 38, 38)
 FAINT = 0.08  # attributions below this share of the largest are left uncoloured

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SparklstmError
-from .metrics import report
+from ..errors import SparklstmError
+from ..metrics import report
 
 
 def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: str = "prediction",
@@ -67,7 +67,7 @@ def evaluate_scored(spark, *, scored: str, label_col: str = "label", pred_col: s
 
 def _known_labels(model_dir: str | Path, cells: list) -> list[str]:
     """The model's labels; a true or predicted label outside them is an error."""
-    from .artifact import read_config
+    from ..artifact import read_config
 
     config = read_config(model_dir)
     labels = [str(label) for label in config["labels"]]
@@ -81,7 +81,7 @@ def _known_labels(model_dir: str | Path, cells: list) -> list[str]:
 
 
 def _write_plots(result: dict, out: Path) -> dict:
-    from .plots import confusion_matrix, f1_bars
+    from ..plots import confusion_matrix, f1_bars
 
     stem = out.with_suffix("") if out.suffix == ".json" else out
     paths = {"confusion": Path(f"{stem}.confusion.png"), "f1": Path(f"{stem}.f1.png")}

@@ -4,7 +4,7 @@ Three cells share one classifier:
 
 * ``lstm``     : ``nn.LSTM`` (cuDNN on GPU, oneDNN on CPU), the default.
 * ``peephole`` : :class:`PeepholeLSTM`, the seed's equations (gates read c_{t-1}), with a
-                 hand-written backward through time (``sparklstm/peephole.py``).
+                 hand-written backward through time (``peephole.py``).
 * ``gru``      : ``nn.GRU``.
 
 Padding never changes a prediction: each stack is unidirectional over right-padded rows (the
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparklstm.peephole import peephole_layer_time_major
-from sparklstm.wide import WideNgrams
+from sparklstm.nn.peephole import peephole_layer_time_major
+from sparklstm.nn.wide import WideNgrams
 
 CELLS = ("lstm", "peephole", "gru")
 POOLINGS = ("last", "max", "mean", "concat")
@@ -46,7 +46,7 @@ class PeepholeLSTM(nn.Module):
     weights the layer computes exactly what ``nn.LSTM`` computes with
     ``weight_ih_l0 = weight_ih``, ``weight_hh_l0 = weight_hh`` and ``bias_ih_l0 + bias_hh_l0 = bias``.
 
-    The computation lives in :mod:`sparklstm.peephole` (one matmul for all steps' input
+    The computation lives in :mod:`sparklstm.nn.peephole` (one matmul for all steps' input
     projections, a lean step loop, a custom autograd Function with backward through time); the
     output is a transposed view of a time-major buffer, as ``nn.LSTM``'s batch-first output is.
 
@@ -78,7 +78,7 @@ class PeepholeLSTM(nn.Module):
 
     def forward_time_major(self, x: torch.Tensor) -> torch.Tensor:
         # x: (T, B, D) -> (T, B, H). The input projections of all steps are one matmul; the
-        # recurrence has a hand-written backward through time (sparklstm/peephole.py).
+        # recurrence has a hand-written backward through time (peephole.py).
         return peephole_layer_time_major(x, self.weight_ih, self.weight_hh, self.bias,
                                          self.weight_peep)
 
