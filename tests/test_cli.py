@@ -2,13 +2,16 @@
 
 The commands call ``get_spark``, which returns the active session: every test that reaches Spark
 requests the ``spark`` fixture. Bad input must end with exit code 2 (a ``SparklstmError``), exactly
-one ``error: ...`` line on stderr and no traceback anywhere.
+one ``error: ...`` line on stderr and no traceback anywhere; the last test holds a spark-submit
+job (jobs/score.py) to the same contract.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 
 import pandas as pd
 import pyarrow as pa
@@ -16,13 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from cluster import ENV, score_submit
 from conftest import make_corpus
 from sparklstm.cli import app
+from sparklstm.config import TrainConfig
 from sparklstm.predictor import Predictor
 
 COMMANDS = {"prep", "train", "score", "evaluate", "predict", "demo", "explain", "info"}
 TINY = ["--embed-dim", "16", "--hidden-size", "16", "--num-layers", "1", "--epochs", "2",
-        "--batch-size", "16", "--lr", "0.01", "--no-progress"]
+        "--batch-size", "16", "--lr", "0.01"]
 
 runner = CliRunner()
 
@@ -121,8 +126,28 @@ def test_cli_train(chain, work):
     assert config["train"]["epochs"] == 2
     metrics = json.loads((model / "metrics.json").read_text())
     assert 1 <= len(metrics["history"]) <= 2
-    assert "model written to" in chain["train"].stdout
-    assert "accuracy" in chain["train"].stdout
+    # Not a terminal (a log, a scheduler): one line per epoch on stderr, none on stdout; result
+    # lines whole, however long the path (rich wrapped them at 80 columns).
+    result = chain["train"]
+    assert re.search(r"^epoch 1/2: train loss \d+\.\d{4}, val macro-F1 ", result.stderr, re.M)
+    assert "epoch 1/2" not in result.stdout
+    assert re.search(r"^val: accuracy \d\.\d{4}, macro-F1 \d\.\d{4}, n \d+$", result.stdout, re.M)
+    assert re.search(r"^model written to %s \(best epoch \d, \d+ tokens/s on \w+\)$" % re.escape(str(model)),
+                     result.stdout, re.M), result.stdout
+
+
+def test_cli_train_config_file_sits_between_the_defaults_and_the_flags(chain, work, tmp_path):
+    """Built-in defaults < --config file < flags; an option left out does not undo the file, and
+    one typed with the built-in value does."""
+    toml = tmp_path / "settings.toml"
+    toml.write_text("[train]\nepochs = 1\nbatch_size = 8\nlr = 0.02\n[model]\nembed_dim = 8\n")
+    out = tmp_path / "m"
+    ok(invoke(["train", work["base"] / "prepped", "--out", out, "--config", toml, "--batch-size", "32",
+               "--lr", str(TrainConfig().lr), "--hidden-size", "8", "--num-layers", "1"]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["epochs"] == 1 and config["model"]["embed_dim"] == 8  # the file
+    assert config["train"]["batch_size"] == 32 and config["train"]["lr"] == TrainConfig().lr  # flags
+    assert config["train"]["patience"] == TrainConfig().patience  # neither: the built-in default
 
 
 def test_cli_score(spark, chain, work):
@@ -157,7 +182,8 @@ def test_cli_evaluate_out_option(spark, chain, work, tmp_path):
 def test_cli_predict_args_json(chain, work):
     model = work["base"] / "model"
     texts = ["goal match team league coach", "recipe oven dinner bake", "   "]
-    result = ok(invoke(["predict", "--model", model, "--json", *texts]))
+    # --device cpu: compared to 1e-9 with the library's Predictor, which runs on the CPU
+    result = ok(invoke(["predict", "--model", model, "--device", "cpu", "--json", *texts]))
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
     parsed = [json.loads(line) for line in lines]
@@ -367,3 +393,22 @@ def test_demo_refuses_a_workdir_that_is_not_a_demo(tmp_path):
                 contains=f"{workdir} exists and is not a demo directory")
     assert sorted(p.name for p in workdir.iterdir()) == ["thesis.tex"]
     assert (workdir / "thesis.tex").read_text() == "precious"
+
+
+# --------------------------------------------------------------------------------------------
+# spark-submit jobs: the same error contract, with Spark's own lines kept few
+
+
+def test_spark_submit_job_error_is_the_last_line_on_stderr(chain, work, tmp_path):
+    """Spark merges a Python driver's stderr into its stdout and logs about 240 INFO lines a
+    job: the job's error must still be one line on stderr, after Spark's few, with exit code 2."""
+    missing = tmp_path / "missing.parquet"
+    cmd = score_submit("local[1]", corpus=missing, model_dir=work["base"] / "model",
+                       out=tmp_path / "o", conf={})
+    job = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    lines = job.stderr.splitlines()
+    assert job.returncode == 2, job.stderr[-3000:]
+    assert job.stdout == ""
+    assert lines[-1] == f"error: input not found: {missing}"
+    assert len(lines) < 30, job.stderr  # Spark logs at WARN: about 10 lines on a local run
+    assert "Traceback" not in job.stderr

@@ -28,7 +28,7 @@ def one_error_line(result) -> str:
 
 
 def test_info_shows_config_labels_vocab_parameters_metrics_and_files(model_dir):
-    result = runner.invoke(app, ["info", str(model_dir)])
+    result = runner.invoke(app, ["info", "--model", str(model_dir)])
     assert result.exit_code == 0, result.stdout + result.stderr
     art = load_artifact(model_dir)
     params = sum(p.numel() for p in art.build_model().parameters())
@@ -42,7 +42,7 @@ def test_info_shows_config_labels_vocab_parameters_metrics_and_files(model_dir):
 
 
 def test_info_json(model_dir):
-    result = runner.invoke(app, ["info", str(model_dir), "--json"])
+    result = runner.invoke(app, ["info", "--model", str(model_dir), "--json"])
     assert result.exit_code == 0, result.stderr
     info = json.loads(result.stdout)
     art = load_artifact(model_dir)
@@ -69,18 +69,30 @@ def test_info_reports_an_altered_or_missing_file(model_dir, tmp_path, name, how)
         path.write_bytes(path.read_bytes() + b" ")
     else:
         path.unlink()
-    result = runner.invoke(app, ["info", str(bad)])
+    result = runner.invoke(app, ["info", "--model", str(bad)])
     line = one_error_line(result)
     assert name in line and ("is missing" if how == "delete" else "does not match its sha256") in line
     assert ("MISSING" if how == "delete" else "MISMATCH") in result.stdout  # the table still shows
-    as_json = runner.invoke(app, ["info", str(bad), "--json"])
+    as_json = runner.invoke(app, ["info", "--model", str(bad), "--json"])
     one_error_line(as_json)
     info = json.loads(as_json.stdout)
     assert info["ok"] is False and info["parameters"] is None
 
 
 def test_info_on_a_directory_that_is_not_a_model(tmp_path):
-    assert "model directory not found" in one_error_line(runner.invoke(app, ["info", str(tmp_path / "x")]))
-    assert "no config.json" in one_error_line(runner.invoke(app, ["info", str(tmp_path)]))
+    def error_of(path):
+        return one_error_line(runner.invoke(app, ["info", "--model", str(path)]))
+
+    assert "model directory not found" in error_of(tmp_path / "x")
+    assert "no config.json" in error_of(tmp_path)
     (tmp_path / CONFIG).write_text("{not json")
-    assert "not valid JSON" in one_error_line(runner.invoke(app, ["info", str(tmp_path)]))
+    assert "not valid JSON" in error_of(tmp_path)
+
+
+def test_info_still_takes_the_model_as_an_argument(model_dir):
+    """`sparklstm info DIR`, the spelling before --model, gives the same answer (not in --help)."""
+    old = runner.invoke(app, ["info", str(model_dir), "--json"])
+    assert old.exit_code == 0, old.stderr
+    assert json.loads(old.stdout) == model_info(model_dir)
+    both = runner.invoke(app, ["info", str(model_dir), "--model", str(model_dir)])
+    assert "give the model directory once, with --model" in one_error_line(both)
