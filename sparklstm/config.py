@@ -52,10 +52,11 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 10  # with the wide path the mix peaked by epoch 5-8 of 15 on the 9-class corpus
     # Real tokens the optimizer may read over all epochs: a larger train split runs fewer epochs
-    # (at least one), so training time stops growing with corpus size. 20M tokens is ~12 min of
-    # epochs for the default model on 2 cores (~27k tokens/s with validation, bench/NOTES.md),
-    # so a 50,000-document corpus trains within 15 min; 0 = no budget, always `epochs`.
-    token_budget: int = 20_000_000
+    # (at least one), so training time stops growing with corpus size. 16M tokens is ~10 min of
+    # epochs for the default model on 2 idle cores (26.7k tokens/s with validation passes, sotu),
+    # leaving room for the wide fit within 15 min at 50,000 documents (bench/train_time.py); the
+    # 9-class sotu corpus (1.6M train tokens) still gets all 10 epochs. 0 = no budget.
+    token_budget: int = 16_000_000
     batch_size: int = 64
     # A higher start decayed to 0 (cosine) beat a constant 1e-3 by 6-8 points of macro-F1 on the
     # 9-class corpus, which was still improving at epoch 15 with 1e-3 (bench/NOTES.md, "Accuracy").
