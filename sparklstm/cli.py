@@ -452,7 +452,8 @@ def demo(
               f"macro-F1 {whole['macro_f1']:.4f}")
         _show_metrics("held-out test split", metrics["test"])
         _show(f"training: {metrics['train_seconds']:.0f} s, {metrics['train_tokens_per_s']:.0f} "
-              f"tokens/s; try: sparklstm predict --model {workdir / 'model'} \"win a free prize\"")
+              f"tokens/s; try a whole e-mail (the model learned from whole ones): "
+              f"sparklstm predict --model {workdir / 'model'} \"$(cat message.txt)\"")
 
 
 @app.command(cls=Command)
