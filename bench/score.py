@@ -1,6 +1,7 @@
 """Scoring throughput: sparklstm's UDF against the alternatives, on one corpus and one model.
 
     python bench/score.py [--rows 20000] [--precisions fp32,bf16,int8] [--mean-tokens 160] [--large 0]
+                          [--no-wide]
 
 One generated corpus (log-normal lengths, mean ~150 tokens, max_len 256; ``--mean-tokens``
 changes the mean) and one trained model (the default architecture), measured in one run:
@@ -29,12 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sparklstm.config import PrepConfig, TrainConfig
+from sparklstm import classify_udf, prep, train
+from sparklstm.config import ModelConfig, PrepConfig, TrainConfig
 from sparklstm.predictor import Predictor
-from sparklstm import prep
-from sparklstm import classify_udf
 from sparklstm.spark.session import get_spark
-from sparklstm import train
 
 # Letter-only words ("ba", "bb", ...): one token each under sparklstm's tokenizer.
 WORDS = ["".join(chr(97 + (i // 26**k) % 26) for k in range(3)) for i in range(5000)]
@@ -84,13 +83,13 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def build_model(spark, workdir: Path) -> Path:
+def build_model(spark, workdir: Path, *, wide: bool) -> Path:
     texts, labels = make_texts(4000, seed=1)
     raw = workdir / "train.parquet"
     pd.DataFrame({"text": texts, "label": labels}).to_parquet(raw)
     prep(spark, input_path=str(raw), out=workdir / "prepped", config=PrepConfig(max_len=256))
     train(prepped=workdir / "prepped", out=workdir / "model", progress=False, log=lambda m: None,
-          train_config=TrainConfig(epochs=1))
+          train_config=TrainConfig(epochs=1), model_config=ModelConfig(wide=wide))
     return workdir / "model"
 
 
@@ -155,11 +154,13 @@ def main() -> None:
     ap.add_argument("--mean-tokens", type=float, default=160,
                     help="mean words per scored text before the max_len cut (160 gives ~146 tokens)")
     ap.add_argument("--large", type=int, default=0, help="also score this many rows made in Spark")
+    ap.add_argument("--no-wide", dest="wide", action="store_false",
+                    help="a model without the wide TF-IDF path (the default model before it)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sparklstm-bench-"))
     spark = get_spark(master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})
-    model_dir = str(build_model(spark, workdir))
+    model_dir = str(build_model(spark, workdir, wide=a.wide))
 
     texts, _ = make_texts(a.rows, seed=2, mean_tokens=a.mean_tokens)
     predictor = Predictor.from_dir(model_dir, batch_size=a.batch_size)

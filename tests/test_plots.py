@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import make_corpus
-from sparklstm import plots
+from sparklstm import classify_udf, plots
 from sparklstm.errors import SparklstmError
 from sparklstm.spark.evaluate import evaluate_scored
 from sparklstm.metrics import report
-from sparklstm import classify_udf
 from sparklstm.training.loop import CURVES_PNG
 
 
