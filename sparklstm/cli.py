@@ -85,9 +85,9 @@ def _show(*objects) -> None:
 
 
 def _bar_fits() -> bool:
-    """A live progress bar only when a person watches: rich draws it on stdout, and stderr gets
-    one line per epoch instead when either stream goes to a file or a pipe."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+    """A live progress bar (drawn on stderr) only when a person watches it; one line per epoch on
+    stderr when stderr goes to a file or a pipe."""
+    return sys.stderr.isatty()
 
 
 def _log(message: str) -> None:

@@ -311,10 +311,12 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
 
 
 def _progress(enabled: bool):
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # On stderr, with the per-epoch lines: stdout stays for results (a shell pipes it on).
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("val macro-F1 {task.fields[f1]:.4f}"),
-        TimeElapsedColumn(), disable=not enabled, transient=False,
+        TimeElapsedColumn(), disable=not enabled, transient=False, console=Console(stderr=True),
     )
