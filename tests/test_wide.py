@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sparklstm.training.data import Split
 from sparklstm.nn.model import LSTMClassifier
-from sparklstm.nn.wide import (MIN_DF, PAIR_PRIME, WideNgrams, _objective, choose_mix,
-                            document_frequencies, fit_logistic, fit_wide, ngram_counts, set_idf,
-                            split_tensors)
+from sparklstm.nn.wide import (MIN_DF, MIX_GRID, PAIR_PRIME, WideNgrams, _objective, choose_mix,
+                               document_frequencies, fit_logistic, fit_wide, ngram_counts, nll,
+                               set_idf, split_tensors)
+from sparklstm.training.data import Split
 
 
 def _rows(seed=0, n=60, vocab=30, max_len=12):
@@ -134,6 +134,18 @@ def test_choose_mix_prefers_the_path_that_is_right():
     assert choose_mix(right, wrong, y, num_classes=2)[0] <= 0.5
     mix, f1 = choose_mix(right, right, y, num_classes=2)
     assert f1 == 1.0
+
+
+def test_choose_mix_takes_the_lowest_log_loss_not_a_lucky_macro_f1_step():
+    # Row 0 is wrong under every mix above 0.25, but the wide path is far more confident on the
+    # other rows: macro-F1 peaks at mix 0 (one row), log loss at a high mix.
+    y = torch.tensor([1, 0, 1, 0, 1, 0, 1, 0])
+    wide = torch.tensor([-0.5, -4.0, 4.0, -4.0, 4.0, -4.0, 4.0, -4.0])[:, None]
+    deep = torch.tensor([0.2, -0.1, 0.1, -0.1, 0.1, -0.1, 0.1, -0.1])[:, None]
+    mix, f1 = choose_mix(deep, wide, y, num_classes=2)
+    losses = {m: nll((1 - m) * deep + m * wide, y) for m in MIX_GRID}
+    assert mix == min(losses, key=losses.get) and mix > 0.5
+    assert f1 < 1.0  # row 0 is wrong there: macro-F1 alone would have picked mix 0 (F1 = 1)
 
 
 def test_mixed_model_output_is_the_weighted_sum_of_its_paths():
