@@ -8,6 +8,8 @@ outnumber the chunks, so every text is unique), cut to ``--words`` words and lab
 of the first chunk. At 160 words (~190 tokens) the train split holds just under half the default
 token budget (train.token_budget, 16M), so two whole epochs run: the most tokens the budget lets
 a corpus of this size read, and the slowest case, since the wide fit grows with rows and tokens.
+The documents share chunks across splits, so the test figure printed says nothing about accuracy
+(bench/accuracy.py does); only the time counts here.
 
 Runs the real `sparklstm prep` and `sparklstm train` (defaults, `--no-progress`) as a user would,
 times `train` end to end (the wide fit, every epoch, the validation passes, writing the model),
