@@ -247,6 +247,12 @@ def train(
     overwrite: Overwrite = False,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run from OUT/checkpoint/ (same settings).")] = False,
+    mlflow: Annotated[bool, typer.Option(
+        "--mlflow", help="Log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlflow.db): settings, "
+                         "metrics per epoch, curves, the model directory and a pyfunc model.")] = False,
+    mlflow_experiment: Annotated[Optional[str], typer.Option(
+        help="MLflow experiment of the run (with --mlflow).",
+        show_default="MLFLOW_EXPERIMENT_NAME, else MLflow's default")] = None,
 ):
     """Train the LSTM classifier on prepped/ (PyTorch, one node, CPU or CUDA).
 
@@ -264,9 +270,11 @@ def train(
         if checkpoint_path(out).exists() and not (overwrite or resume):
             raise SparklstmError(f"{out} holds an interrupted run's checkpoint (pass --resume to "
                                  "continue it or --overwrite to start over)")
+        if mlflow_experiment is not None and not mlflow:
+            raise SparklstmError("--mlflow-experiment applies only with --mlflow")
         metrics = run_train(prepped=prepped, out=out, model_config=cfg.model, train_config=cfg.train,
                             progress=_bar_fits() if progress is None else progress, log=_log,
-                            resume=resume)
+                            resume=resume, mlflow=mlflow, mlflow_experiment=mlflow_experiment)
         for name in ("val", "test"):
             if metrics[name]:
                 _show_metrics(name, metrics[name])
@@ -493,6 +501,27 @@ def explain(
         if html is not None:
             html.write_text(to_html(expl, top=top), encoding="utf-8")
             _show(f"HTML written to {html}")
+
+
+@app.command("log-model", cls=Command)
+def log_model(
+    model: ModelDir = Path("model"),
+    name: Annotated[str, typer.Option(help="The logged model's name.")] = "model",
+    register: Annotated[Optional[str], typer.Option(
+        help="Also register it under this name in the model registry.",
+        show_default="not registered")] = None,
+):
+    """Log a model directory to MLflow as a pyfunc model (safetensors weights, no pickle).
+
+    It goes to MLFLOW_TRACKING_URI (else ./mlflow.db with artifacts in ./mlruns), into the
+    experiment MLFLOW_EXPERIMENT_NAME names (else MLflow's default)."""
+    from .mlflow import log_model as run_log_model, require_mlflow
+
+    with guarded():
+        mlflow = require_mlflow("log-model")
+        info = run_log_model(model, name=name, registered_model_name=register)
+        version = f", registered as {register} version {info.registered_model_version}" if register else ""
+        _show(f"logged {model} as {info.model_uri}{version} at {mlflow.get_tracking_uri()}")
 
 
 @app.command(cls=Command)

@@ -25,7 +25,7 @@ from sparklstm.cli import app
 from sparklstm.config import TrainConfig
 from sparklstm.predictor import Predictor
 
-COMMANDS = {"prep", "train", "score", "evaluate", "predict", "demo", "explain", "info"}
+COMMANDS = {"prep", "train", "score", "evaluate", "predict", "demo", "explain", "info", "log-model"}
 TINY = ["--embed-dim", "16", "--hidden-size", "16", "--num-layers", "1", "--epochs", "2",
         "--batch-size", "16", "--lr", "0.01"]
 

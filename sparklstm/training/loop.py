@@ -137,7 +137,8 @@ def evaluate_split(model, split: Split | ShardedSplit, labels: list[str], *, dev
 
 def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | None = None,
           train_config: TrainConfig | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, resume: bool = False) -> dict:
+          log: Callable[[str], None] = print, resume: bool = False, mlflow: bool = False,
+          mlflow_experiment: str | None = None) -> dict:
     """Train on ``prepped/`` and write the model directory ``out``; returns metrics.json's content.
 
     Every epoch is checkpointed in ``out/checkpoint/``; with ``resume=True`` training continues
@@ -145,12 +146,34 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     same metrics as an uninterrupted run (``SparklstmError`` if there is no checkpoint or the
     settings differ). The checkpoint is removed once the model directory is written.
 
+    With ``mlflow=True`` the run is logged to MLflow (settings, per-epoch and final metrics, the
+    curves, the model directory and a pyfunc model; sparklstm/tracking.py): into the active run
+    if there is one, else into a new run in ``mlflow_experiment`` (MLflow's active experiment if
+    None).
+
     Example
     -------
     >>> metrics = train(prepped="prepped/", out="model/")      # doctest: +SKIP
     >>> metrics["test"]["macro_f1"]                             # doctest: +SKIP
     0.96
     """
+    kwargs = dict(prepped=prepped, out=out, model_config=model_config, train_config=train_config,
+                  progress=progress, log=log, resume=resume)
+    if not mlflow:
+        if mlflow_experiment is not None:
+            raise SparklstmError("mlflow_experiment applies only with mlflow=True")
+        return _train(**kwargs, tracker=None)
+    from ..tracking import training_run  # imports MLflow: only when asked for
+
+    with training_run(experiment=mlflow_experiment, log=log) as tracker:
+        metrics = _train(**kwargs, tracker=tracker)
+        tracker.finished(out=out, metrics=metrics, curves=CURVES_PNG)
+    return metrics
+
+
+def _train(*, prepped, out, model_config, train_config, progress, log, resume, tracker) -> dict:
+    """train() without the MLflow run around it; ``tracker`` (tracking.TrainingRun or None)
+    is told the settings and each epoch as they happen."""
     import torch
 
     mcfg = model_config or ModelConfig()
@@ -218,6 +241,8 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
 
     settings = run_settings(model_config=as_dict(mcfg), train_config=as_dict(tcfg), device=device,
                             precision=precision, prepped=prepped)
+    if tracker is not None:
+        tracker.started(settings, prepped=prepped)
     st = LoopState()
     if resume:  # weights, Adam moments, every RNG and the loop's counters of the last epoch
         st = resume_state(out, settings=settings, model=model, optimizer=optimizer, batch_rng=rng,
@@ -266,6 +291,8 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
                               | ({} if mix is None else {"mix": mix,
                                                          "val_macro_f1_deep": val["deep_macro_f1"]}))
             bar.update(task, f1=val["macro_f1"])
+            if tracker is not None:
+                tracker.epoch(st.history[-1])
             if not progress:  # a log file or a scheduler's log: one line per epoch instead
                 log(f"epoch {epoch}/{epochs}: train loss {loss_sum / max(step, 1):.4f}, "
                     f"val macro-F1 {val['macro_f1']:.4f}"
