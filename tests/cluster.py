@@ -145,3 +145,35 @@ def event_log_summary(log_dir: Path) -> dict:
         elif kind == "SparkListenerExecutorRemoved":
             executors["removed"] += 1
     return {"tasks": dict(tasks), "failures": dict(reasons), "executors": dict(executors)}
+
+
+# ------------------------------------------------------------------------- Spark Connect
+
+
+@pytest.fixture(scope="module")
+def connect_server(tmp_path_factory):
+    """A Spark Connect server (local[2]) on 127.0.0.1, in its own JVM, as `start-connect-server.sh`
+    starts one; yields (sc:// URL, the file its Python workers log model loads to, the server's
+    working directory, against which Spark resolves relative paths)."""
+    work = tmp_path_factory.mktemp("connect")
+    port, loads = free_port(), work / "loads.log"
+    log = open(work / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(SPARK_BIN / "spark-submit"), "--class",
+         "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
+         "--conf", f"spark.connect.grpc.binding.port={port}",
+         "--conf", "spark.connect.grpc.binding.address=127.0.0.1",
+         "--conf", "spark.ui.enabled=false", "--conf", "spark.sql.shuffle.partitions=4"],
+        env={**ENV, "SPARKLSTM_LOAD_LOG": str(loads)}, cwd=work, stdout=log,
+        stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, timeout=120)
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("the Connect server did not start:\n" + (work / "server.log").read_text()[-3000:])
+    yield f"sc://127.0.0.1:{port}", loads, work
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()

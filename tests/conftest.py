@@ -6,11 +6,16 @@ Spark starts once, the small model trains once.
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
 
 from sparklstm.config import ModelConfig, PrepConfig, TrainConfig
+
+# tests/connect/ runs in a process of its own, started by tests/test_connect.py (a Connect client
+# cannot share a process with the classic session of the other tests).
+collect_ignore = [] if os.environ.get("SPARKLSTM_CONNECT_URL") else ["connect"]
 
 KEYWORDS = {
     "sports": ["goal", "match", "team", "score", "league", "coach"],

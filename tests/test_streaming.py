@@ -32,6 +32,12 @@ from test_cli import clean_error, invoke
 ROWS_PER_FILE = 25
 
 
+def read_pin(ckpt: Path) -> dict:
+    """The checkpoint's model pin: a directory with one text part file, as Spark writes it."""
+    (part,) = [f for f in (ckpt / PIN_FILE).iterdir() if f.name.startswith("part-")]
+    return json.loads(part.read_text())
+
+
 class Dropper:
     """Drops Parquet files of fresh, unique ids into the watched directory, each written aside
     and renamed in, so the file source never lists a half-written file."""
@@ -145,7 +151,7 @@ def test_exactly_once_across_sigkill_ctrl_c_and_restart(spark, model_dir, tmp_pa
     assert sorted(got) == list(range(files.next_id))
     model_id = load_artifact(model_dir).model_id
     assert {r["model_id"] for r in got.values()} == {model_id}
-    assert json.loads((ckpt / PIN_FILE).read_text())["model_id"] == model_id
+    assert read_pin(ckpt)["model_id"] == model_id
 
     n = score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "batch"))
     assert n == files.next_id
@@ -195,7 +201,7 @@ def test_model_is_pinned_and_a_change_needs_the_flag(spark, model_dir, tmp_path)
     assert sorted(r["id"] for r in rows) == list(range(2 * ROWS_PER_FILE))
     assert {r["model_id"] for r in rows if r["id"] < ROWS_PER_FILE} == {ids["old"]}
     assert {r["model_id"] for r in rows if r["id"] >= ROWS_PER_FILE} == {ids["new"]}
-    pin = json.loads((ckpt / PIN_FILE).read_text())
+    pin = read_pin(ckpt)
     assert pin["model_id"] == ids["new"] and [h["model_id"] for h in pin["history"]] == [ids["old"]]
 
     # A fresh checkpoint must not write into this output: the sink would skip batch ids 0 and 1.

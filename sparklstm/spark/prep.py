@@ -34,6 +34,7 @@ from .tables import first_line, is_empty, read_table, require_columns, spark_err
 from .local_ids import (KIND_COUNT, KIND_DICT, KIND_ROW, KIND_STATS, PASS1_SCHEMA, PASS2_SCHEMA,
                         remap_partition, tokenize_partition)
 from .session import session_conf
+from .shipping import ship_value
 from ..text import Vocab
 
 # Runtime SQL confs prep sets for its own queries only (restored after each; see prep()).
@@ -73,7 +74,8 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None = None,
          fmt: str | None = None, overwrite: bool = False) -> dict:
-    """Run prep; returns the summary also written to ``out/prep.json``.
+    """Run prep on a table (Parquet, CSV, JSON, ...); returns the summary also written to
+    ``out/prep.json``.
 
     Example
     -------
@@ -81,21 +83,38 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
     >>> summary["counts"]["train"]                                           # doctest: +SKIP
     {'ham': 960, 'spam': 640}
     """
-    from pyspark.sql import functions as F
-    from pyspark.storagelevel import StorageLevel
-
     cfg = config or PrepConfig()
+    _check_config(cfg)
+    df = read_table(spark, input_path, fmt=fmt)
+    return prep_dataframe(df, out=out, config=cfg, overwrite=overwrite, source=str(input_path))
+
+
+def _check_config(cfg: PrepConfig) -> None:
     if not 0 <= cfg.val_fraction < 1 or not 0 <= cfg.test_fraction < 1 \
             or cfg.val_fraction + cfg.test_fraction >= 1:
         raise SparklstmError("val_fraction and test_fraction must be >= 0 and leave room for train")
     if cfg.max_len < 1 or cfg.max_vocab < 3 or cfg.min_freq < 1:
         raise SparklstmError("max_len >= 1, max_vocab >= 3 and min_freq >= 1 are required")
+
+
+def prep_dataframe(df, *, out: str | Path, config: PrepConfig | None = None,
+                   overwrite: bool = False, source: str = "the DataFrame") -> dict:
+    """Run prep on a DataFrame with the config's text and label columns (what :func:`prep` and
+    the Spark ML estimator call); ``source`` names it in errors and in prep.json."""
+    from pyspark.sql import functions as F
+    from pyspark.storagelevel import StorageLevel
+
+    from .workers import check_workers
+
+    cfg = config or PrepConfig()
+    _check_config(cfg)
+    spark = df.sparkSession
     out = Path(out)
     started = time.time()
-    df = read_table(spark, input_path, fmt=fmt)
-    require_columns(df, {cfg.text_col: "text", cfg.label_col: "label"}, source=str(input_path))
+    require_columns(df, {cfg.text_col: "text", cfg.label_col: "label"}, source=source)
     if is_empty(df):
-        raise SparklstmError(f"input {input_path} has no rows")
+        raise SparklstmError(f"input {source} has no rows")
+    check_workers(spark)  # one line if the Python workers cannot import sparklstm
 
     try:
         u = F.pmod(F.xxhash64(F.lit(cfg.split_seed), F.col("text")), F.lit(_BUCKETS)) / _BUCKETS
@@ -146,7 +165,7 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
         label_ids = F.create_map(*[x for i, lab in enumerate(labels) for x in (F.lit(lab), F.lit(i))])
         encoded = (partial.where(F.col("kind").isin(KIND_DICT, KIND_ROW))
                    .select("kind", "token", "local_id", "local_ids", "label", "split")
-                   .mapInArrow(remap_partition(spark.sparkContext.broadcast(vocab)), PASS2_SCHEMA)
+                   .mapInArrow(remap_partition(ship_value(spark, vocab)), PASS2_SCHEMA)
                    .select("ids", label_ids[F.col("label")].cast("int").alias("label_id"),
                            "label", "split"))
         try:
@@ -175,7 +194,7 @@ def prep(spark, *, input_path: str, out: str | Path, config: PrepConfig | None =
         truncated += r["truncated"]
     kept = sum(sum(c.values()) for c in counts.values())
     summary = {
-        "input": str(input_path),
+        "input": source,
         "settings": as_dict(cfg),
         "labels": labels,
         "vocab_size": len(vocab),

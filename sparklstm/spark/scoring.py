@@ -1,7 +1,8 @@
 """The Spark scoring UDF: broadcast model, one copy per Python worker, batched, GPU-aware.
 
-``classify_udf(spark, model_dir)`` verifies the model on the driver, broadcasts the model
-directory's bytes (executors need no shared filesystem), and returns a column function::
+``classify_udf(spark, model_dir)`` verifies the model on the driver, ships the model directory's
+bytes to the executors (a broadcast; a session artifact on Spark Connect: ``shipping.py``; so
+executors need no shared filesystem), and returns a column function::
 
     df.withColumn("pred", classify_udf(spark, "model/")("text"))
 
@@ -20,6 +21,8 @@ from ..artifact import model_from_files, read_model_files
 from ..device import resolve_device, task_gpu_device
 from ..errors import SparklstmError
 from ..predictor import PRECISIONS
+from .shipping import SHIPS, ship_model
+from .workers import check_workers
 
 RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
 
@@ -43,13 +46,13 @@ def _task_device(requested: str) -> str:
     return resolve_device(requested)
 
 
-def _predictor(files_bc, model_id: str, device: str, batch_size: int, precision: str):
+def _predictor(shipped, model_id: str, device: str, batch_size: int, precision: str):
     from ..predictor import Predictor
 
     key = (model_id, device, precision)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
-        predictor = Predictor(model_from_files(files_bc.value), device=device, batch_size=batch_size,
+        predictor = Predictor(model_from_files(shipped.value), device=device, batch_size=batch_size,
                               precision=precision)
         _PREDICTORS[key] = predictor
         LOAD_COUNT["n"] += 1
@@ -107,7 +110,7 @@ def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd
 
 def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device: str = "auto",
                  precision: str = "fp32", buffer_rows: int | None = None, explain: int = 0,
-                 explain_method: str = "ig"):
+                 explain_method: str = "ig", ship: str = "auto"):
     """A pandas UDF that classifies a string column.
 
     Returns a function of a column (name or Column) giving
@@ -121,6 +124,10 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     1024)``). ``explain=k`` adds ``explanation: array<struct<token, attribution>>``, the top-k
     tokens for the predicted class (integrated gradients, or ``explain_method="occlusion"``);
     it costs hundreds of times a prediction (README, "Explain at scale").
+
+    ``ship``: how the model reaches the Python workers. ``auto``: a broadcast on a classic
+    session, a session artifact (sent once) on Spark Connect; ``closure``: inside the UDF, which
+    a streaming DataFrame needs under Spark Connect (its tasks do not see session artifacts).
 
     Example
     -------
@@ -138,10 +145,13 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
         raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if explain < 0 or explain_method not in ("ig", "occlusion"):
         raise SparklstmError("explain must be >= 0 and explain_method ig or occlusion")
+    if ship not in SHIPS:
+        raise SparklstmError(f"ship must be one of {SHIPS}, got {ship!r}")
     files = read_model_files(model_dir)
     artifact = model_from_files(files, source=str(model_dir))  # fail on the driver, not in tasks
     model_id = artifact.model_id
-    files_bc = spark.sparkContext.broadcast(files)
+    check_workers(spark)  # one line if the Python workers cannot import sparklstm
+    shipped = ship_model(spark, files, ship=ship)
     buffer_rows = buffer_rows or max(4 * batch_size, 1024)
 
     result_type = RESULT_TYPE if not explain else (
@@ -150,7 +160,7 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     @pandas_udf(result_type)
     def classify(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         _set_threads()
-        predictor = _predictor(files_bc, model_id, _task_device(device), batch_size, precision)
+        predictor = _predictor(shipped, model_id, _task_device(device), batch_size, precision)
         for group in _rebatch(batches, buffer_rows):
             scored = _results(predictor, pd.concat(group, ignore_index=True), explain, explain_method)
             start = 0
@@ -193,7 +203,7 @@ def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: 
                              source=str(input_path))
     _check_output(out, overwrite)
     try:
-        scored.write.mode("overwrite" if overwrite else "errorifexists").parquet(str(out))
+        scored.write.mode("overwrite" if overwrite else "error").parquet(str(out))
         # Parquet footers hold row counts, so this reads no data.
         return spark.read.parquet(str(out)).count()
     except spark_errors() as e:

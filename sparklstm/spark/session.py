@@ -35,8 +35,19 @@ def session_conf(spark, settings: dict[str, str]):
                 spark.conf.set(key, value)
 
 
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no SparkContext, no JVM in this process).
+
+    Checked by type, without importing pyspark.sql.connect (which needs the connect extras).
+    """
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def get_spark(*, master: str | None = None, app_name: str = "sparklstm", conf: dict | None = None):
     """The active SparkSession, or a new one on ``master`` (default ``local[*]``).
+
+    With ``SPARK_REMOTE`` set (PySpark's own variable, e.g. ``sc://host:15002``) and no ``master``,
+    the session is a Spark Connect client of that server.
 
     Example
     -------
@@ -51,6 +62,11 @@ def get_spark(*, master: str | None = None, app_name: str = "sparklstm", conf: d
     if active is not None:
         return active
     builder = SparkSession.builder.appName(app_name)
+    if os.environ.get("SPARK_REMOTE") and master is None:
+        builder = builder.remote(os.environ["SPARK_REMOTE"])
+        for key, value in (conf or {}).items():
+            builder = builder.config(key, value)
+        return builder.getOrCreate()
     if "PYSPARK_GATEWAY_PORT" in os.environ and master is None:
         # Launched by spark-submit: its --master and --conf rule; add only what was asked for.
         for key, value in (conf or {}).items():

@@ -76,20 +76,26 @@ class ScoringStream:
 
     def _report(self, summary: StreamSummary, log) -> None:
         for p in self.query.recentProgress:
+            # Attributes, not keys: under Spark Connect the progress JSON has no top-level
+            # numInputRows key (the attribute sums the sources' counts in both modes).
+            rows, batch = p.numInputRows, p.batchId
             # Idle triggers report progress with 0 rows (and the next batch's id): skip them.
-            if p["numInputRows"] == 0 or p["batchId"] in self._seen:
+            if not rows or batch in self._seen:
                 continue
-            self._seen.add(p["batchId"])
+            self._seen.add(batch)
             summary.batches += 1
-            summary.rows += p["numInputRows"]
-            log(f"batch {p['batchId']}: {p['numInputRows']} rows, "
-                f"{p.get('processedRowsPerSecond') or 0:.0f} rows/s "
+            summary.rows += rows
+            log(f"batch {batch}: {rows} rows, {p.processedRowsPerSecond or 0:.0f} rows/s "
                 f"({summary.rows} rows in {summary.batches} batches so far)")
 
 
 def _quiet_aborts(spark) -> None:
     """Stopping interrupts the running batch, and the driver then logs the aborted write with a
     Java stack trace at ERROR: expected here (the batch re-runs on restart), so silence it."""
+    from .session import is_connect
+
+    if is_connect(spark):
+        return  # the server's logs are the server's: a Connect client has no JVM to configure
     jvm = spark._jvm
     # FileFormatWriter logs the aborted job; Utils logs "Aborting task" with the task's stack
     # when the interrupt lands while it writes (longer batches make that likely); Executor logs
@@ -132,6 +138,7 @@ def start_stream(spark, *, input_dir: str, model_dir: str | Path, out: str, chec
     from pyspark.sql import functions as F
 
     from .scoring import classify_udf, with_prediction
+    from .session import is_connect
     from .tables import first_line, spark_errors
 
     log = log or (lambda message: None)
@@ -140,8 +147,9 @@ def start_stream(spark, *, input_dir: str, model_dir: str | Path, out: str, chec
     if max_files_per_trigger is not None and max_files_per_trigger < 1:
         raise SparklstmError("max_files_per_trigger must be >= 1")
     source, sink, ckpt = (_Dir(spark, p) for p in (input_dir, out, checkpoint))
+    # Under Spark Connect a streaming query's tasks do not see session artifacts (shipping.py).
     classify = classify_udf(spark, model_dir, batch_size=batch_size, device=device,
-                            precision=precision)
+                            precision=precision, ship="closure" if is_connect(spark) else "auto")
     pin = _check_pin(ckpt, classify.model_id, allow_model_change)
     _check_output(sink, ckpt)
     reader = spark.readStream.format("parquet")
@@ -204,43 +212,51 @@ def score_stream(spark, *, log: Callable[[str], None] | None = None, **options) 
 
 
 class _Dir:
-    """A directory on any Hadoop filesystem (local, HDFS, S3, ...), through the JVM: checkpoints
-    and outputs usually live on a cluster filesystem, not on the driver's disk."""
+    """A directory on any Hadoop filesystem (local, HDFS, S3, ...), read and written through
+    Spark's own data sources, so it works alike on a classic session and on Spark Connect (which
+    has no JVM handle): checkpoints and outputs usually live on a cluster filesystem, not on the
+    driver's disk. Entries whose names start with ``_`` or ``.`` are hidden, as Spark hides them.
+    """
 
     def __init__(self, spark, path):
-        self.jvm = spark._jvm
-        self.path = self.jvm.org.apache.hadoop.fs.Path(str(path))
-        self.fs = self.path.getFileSystem(spark._jsc.hadoopConfiguration())
+        self.spark = spark
+        self.path = str(path).rstrip("/")
 
-    def _child(self, name: str):
-        return self.jvm.org.apache.hadoop.fs.Path(self.path, name) if name else self.path
+    def _child(self, name: str) -> str:
+        return f"{self.path}/{name}" if name else self.path
+
+    def _files(self, name: str = ""):
+        """binaryFile over a file or a directory: one row per (non-hidden) file, lazily."""
+        return self.spark.read.format("binaryFile").load(self._child(name))
 
     def exists(self, name: str = "") -> bool:
-        return bool(self.fs.exists(self._child(name)))
+        from pyspark.errors import AnalysisException
+
+        try:
+            self._files(name).schema  # resolving the path fails when it does not exist
+            return True
+        except AnalysisException as e:
+            if "PATH_NOT_FOUND" in str(e) or "Path does not exist" in str(e):
+                return False
+            raise
 
     def names(self, name: str = "") -> list[str]:
-        """Entries of the directory (or of its subdirectory ``name``); [] if it does not exist."""
+        """Files in the directory (or in its subdirectory ``name``); [] if it does not exist."""
         if not self.exists(name):
             return []
-        return [str(s.getPath().getName()) for s in self.fs.listStatus(self._child(name))]
+        return sorted({r["path"].rstrip("/").rsplit("/", 1)[-1]
+                       for r in self._files(name).select("path").collect()})
 
     def read(self, name: str) -> str:
-        stream = self.fs.open(self._child(name))
-        try:
-            return str(self.jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
-        finally:
-            stream.close()
+        """A file's text, or the text of the one data file of a directory that :meth:`write` made."""
+        rows = self._files(name).select("content").collect()
+        return "".join(bytes(r["content"]).decode("utf-8") for r in rows)
 
     def write(self, name: str, text: str) -> None:
-        # Write aside, then rename: a crash never leaves a half-written file under ``name``.
-        tmp, target = self._child("." + name + ".tmp"), self._child(name)
-        stream = self.fs.create(tmp, True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
-        self.fs.delete(target, False)
-        self.fs.rename(tmp, target)
+        # The DataFrame writer makes a directory holding one part file. Overwrite is delete, then
+        # write: a crash between leaves no pin, and a restart then refuses to guess the model.
+        (self.spark.createDataFrame([(text,)], "value string").coalesce(1)
+         .write.mode("overwrite").text(self._child(name)))
 
 
 def _data_files(names: list[str]) -> list[str]:
