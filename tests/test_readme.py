@@ -405,24 +405,39 @@ def test_readme_cli_lines_run_and_write_what_the_readme_says(walkthrough, spark)
     assert "<script" not in (work / "explain.html").read_text()
 
 
-def test_readme_notebook_block_runs(walkthrough, spark):
+def test_readme_notebook_blocks_run(walkthrough, spark):
+    """The notebook block and the Spark ML block, as written, in one namespace (a notebook's);
+    the Spark Connect block runs in tests/test_connect.py, against a Connect server."""
+    from pyspark.ml import PipelineModel
+
     work, _, rows = walkthrough
-    (code,) = [text for lang, text in fenced_blocks(README) if lang == "python"]
-    namespace = {"spark": spark, "df": spark.read.parquet(str(work / "emails.parquet"))}
+    blocks = [text for lang, text in fenced_blocks(README) if lang == "python"]
+    notebook, pipeline = [b for b in blocks if ".remote(" not in b]
+    # Spark resolves relative paths against its JVM's directory, which a notebook shares with
+    # Python; this session's JVM started elsewhere, so the block's Spark paths are made absolute.
+    for name in ("emails.parquet", "pipeline/"):
+        pipeline = pipeline.replace(f'"{name}"', f'"{work / name}"')
+    namespace = {}
     cwd = os.getcwd()
     os.chdir(work)
     try:
-        exec(compile(code, "README.md (notebook)", "exec"), namespace)
+        exec(compile(notebook, "README.md (notebook)", "exec"), namespace)
+        exec(compile(pipeline, "README.md (Spark ML)", "exec"), namespace)
     finally:
         os.chdir(cwd)
+    assert namespace["spark"] is spark  # getOrCreate() found the running session
     text = section(README, "## In a notebook")
     shown = re.search(r"`(struct<.*?>)`", text).group(1).replace(" ", "")
     assert namespace["scored"].schema["pred"].dataType.simpleString() == shown
     labels = namespace["classify"].labels
-    query = re.search(r"SQL: (SELECT .*)$", code, re.M).group(1)
+    query = re.search(r"SQL: (SELECT .*)$", notebook, re.M).group(1)
     namespace["df"].createOrReplaceTempView("t")
     got = [r[0] for r in spark.sql(query).collect()]
-    assert len(got) == len(rows) and set(got) <= set(labels)
+    assert len(got) == namespace["df"].count() and set(got) <= set(labels)
+
+    stage = PipelineModel.load(str(work / "pipeline")).stages[0]
+    assert Path(stage.getOrDefault("modelDir")).parent.parent.parent == work / "pipeline"
+    assert (Path(stage.getOrDefault("modelDir")) / "model.safetensors").is_file()
 
 
 def test_readme_streaming_line_runs(walkthrough, spark):
