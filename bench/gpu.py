@@ -132,7 +132,7 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
 
     artifact = load_artifact(data / "score_model")
     texts, _ = make_texts(rows, seed=2)
-    p = Predictor(artifact, device=DEVICE)
+    p = Predictor(artifact, device=DEVICE, precision="fp32")
     t = time.perf_counter()
     encoded = p.encode(texts)
     encode_s = time.perf_counter() - t
@@ -163,13 +163,13 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
             print(f"  forward on CUDA, {precision}, batch {bs:5d}: {rows / secs:10,.0f} docs/s "
                   f"{tokens / secs:12,.0f} tokens/s")
     for bs in (256, 1024):  # Predictor keeps whole batches on GPUs; the CPU's rule, timed here
-        q = Predictor(artifact, device=DEVICE, batch_size=bs)
+        q = Predictor(artifact, device=DEVICE, batch_size=bs, precision="fp32")
         q.early_close = True
         secs = timed(lambda: q.predict_ids(ids))
         got[f"forward_fp32_b{bs}_early_close_docs_per_s"] = rows / secs
         print(f"  forward on CUDA, fp32, batch {bs:5d}, batches closed early as on CPU: "
               f"{rows / secs:10,.0f} docs/s")
-    q = Predictor(artifact, device=DEVICE, batch_size=256)
+    q = Predictor(artifact, device=DEVICE, batch_size=256, precision="fp32")
     secs = timed(lambda: padded_forward(q, ids, batch_size=256))
     got["forward_padded_max_len_fp32_b256_docs_per_s"] = rows / secs
     print(f"  forward on CUDA, padded to max_len, fp32, batch 256 (predict_batch_udf's user code): "
@@ -178,7 +178,7 @@ def scoring_figures(data: Path, rows: int, cpu_rows: int) -> dict:
     got["end_to_end_fp32_b256_one_process_docs_per_s"] = rows / secs
     print(f"  end to end (encode + forward) in one process, fp32, batch 256: {rows / secs:,.0f} docs/s")
 
-    c = Predictor(artifact, device="cpu", batch_size=256)
+    c = Predictor(artifact, device="cpu", batch_size=256, precision="fp32")
     sub = ids[:cpu_rows]
     t = time.perf_counter()
     cpu = c.predict_ids(sub)

@@ -32,6 +32,7 @@ import pandas as pd
 
 from sparklstm import classify_udf, prep, train
 from sparklstm.config import ModelConfig, PrepConfig, TrainConfig
+from sparklstm.device import scoring_precision
 from sparklstm.predictor import Predictor
 from sparklstm.spark.session import get_spark
 
@@ -124,7 +125,7 @@ def naive_udf(model_dir: str):
 
     @pandas_udf("double")
     def naive(texts: pd.Series) -> pd.Series:
-        p = Predictor.from_dir(model_dir)  # loaded for every Arrow batch
+        p = Predictor.from_dir(model_dir, precision="fp32")  # loaded for every Arrow batch
         return pd.Series(forward_padded(p, texts))
 
     return naive
@@ -135,7 +136,8 @@ def predict_batch(model_dir: str, batch_size: int):
     from pyspark.sql.types import DoubleType
 
     def make_predict_fn():
-        p = Predictor.from_dir(model_dir)  # once per Python worker (predict_batch_udf caches)
+        # Once per Python worker (predict_batch_udf caches); fp32, what a user writes today.
+        p = Predictor.from_dir(model_dir, precision="fp32")
 
         def predict(texts: np.ndarray) -> np.ndarray:
             return forward_padded(p, texts)
@@ -163,7 +165,7 @@ def main() -> None:
     model_dir = str(build_model(spark, workdir, wide=a.wide))
 
     texts, _ = make_texts(a.rows, seed=2, mean_tokens=a.mean_tokens)
-    predictor = Predictor.from_dir(model_dir, batch_size=a.batch_size)
+    predictor = Predictor.from_dir(model_dir, batch_size=a.batch_size, precision="fp32")
     tokens = sum(len(e) for e in predictor.encode(texts))
     predictor.predict(texts[:512])  # warm-up
     results = {}
@@ -215,6 +217,12 @@ def main() -> None:
     # fast as (c) does, with nothing lost to sorting, re-batching, Spark or Arrow.
     print(f"b/c / bound (fp32) {c / b / bound:5.2f}")
     print(f"b/a (fp32)        {a_ / b:5.2f}")
+    # sparklstm's defaults (precision="auto") against what a user writes today, on its own line.
+    default = scoring_precision("auto", "cpu")
+    if f"b_{default}" in results:
+        print(f"b/c (default settings) {c / results[f'b_{default}']:.2f}   (precision auto = {default})")
+    else:
+        print(f"b/c (default settings) not measured: add {default} to --precisions")
     if not a.skip_naive:
         print(f"b/d (fp32)        {results['d'] / b:5.2f}")
     base_labels, base_probs = ref["fp32"][1], ref["fp32"][2]

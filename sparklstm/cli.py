@@ -294,7 +294,8 @@ def score(
     device: Annotated[str, typer.Option(
         help="auto (the task's GPU if Spark gave it one, else CPU) | cpu | cuda.")] = SCORE.device,
     precision: Annotated[str, typer.Option(
-        help="fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU).")] = SCORE.precision,
+        help="auto (bf16 on a GPU with bf16 or a CPU with AMX, else fp32) | fp32 | bf16 (autocast) "
+             "| int8 (dynamic quantization, CPU).")] = SCORE.precision,
     format: Format = None,
     config: ConfigPath = None,
     master: Master = None,
@@ -397,6 +398,9 @@ def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Texts; none (or -) reads lines from stdin.")] = None,
     model: ModelDir = Path("model"),
     device: Device = "auto",
+    precision: Annotated[str, typer.Option(
+        help="auto (bf16 on a GPU with bf16 or a CPU with AMX, else fp32) | fp32 | bf16 | int8.")
+    ] = SCORE.precision,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ):
     """Classify texts locally, without Spark."""
@@ -406,13 +410,14 @@ def predict(
     with guarded():
         if not texts or texts == ["-"]:
             texts = [line.rstrip("\n") for line in sys.stdin]
-        predictor = Predictor.from_dir(model, device=resolve_device(device))
+        predictor = Predictor.from_dir(model, device=resolve_device(device), precision=precision)
         results = predictor.predict(texts)
-        if as_json:
+        if as_json:  # the precision that scored, as in the Spark UDF's struct
             for text, r in zip(texts, results):
+                r = r and {**r, "precision": predictor.precision}
                 typer.echo(json.dumps({"text": text, "prediction": r}, ensure_ascii=False))
             return
-        table = Table("label", "probability", "text")
+        table = Table("label", "probability", "text", title=f"scored in {predictor.precision}")
         for text, r in zip(texts, results):
             short = text if len(text) <= 80 else text[:77] + "..."
             table.add_row(r["label"] if r else "-", f"{r['probability']:.4f}" if r else "-", short)

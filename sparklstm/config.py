@@ -86,7 +86,10 @@ class ScoreConfig:
     pred_col: str = "prediction"
     batch_size: int = 256  # rows per forward pass
     device: str = "auto"  # auto (the task's GPU if Spark assigned one, else CPU) | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU)
+    # auto: bf16 where it scores faster than fp32 (a GPU with bf16, a CPU with AMX), else fp32
+    # (device.scoring_precision). bf16 labels agreed with fp32's on >= 99.95% of the rows of
+    # every bench corpus (docs/benchmarks.md, "Scoring precision").
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU)
 
 
 @dataclass
@@ -105,7 +108,7 @@ CHOICES = {
     ("train", "lr_schedule"): ("constant", "cosine"),
     ("train", "class_weights"): ("none", "balanced"),
     ("score", "device"): ("auto", "cpu", "cuda"),
-    ("score", "precision"): ("fp32", "bf16", "int8"),
+    ("score", "precision"): ("auto", "fp32", "bf16", "int8"),
 }
 
 
@@ -176,7 +179,7 @@ def add_score_arguments(parser) -> None:
     parser.add_argument("--pred-col")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--device", help="auto | cpu | cuda")
-    parser.add_argument("--precision", help="fp32 | bf16 | int8")
+    parser.add_argument("--precision", help="auto | fp32 | bf16 | int8")
     parser.add_argument("--config", help="a TOML file (conf/default.toml's layout)")
 
 

@@ -50,3 +50,55 @@ def task_gpu_device(addresses: list[str], *, visible: str | None = None) -> str:
         if address in ids:
             return f"cuda:{ids.index(address)}"
     return f"cuda:{int(address)}"
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` runs bf16 natively: a GPU with bf16, or a CPU with AVX-512 BF16 or AMX
+    (oneDNN's own check); elsewhere bf16 is emulated and slower than fp32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(requested: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; other values unchanged.
+
+    Example
+    -------
+    >>> resolve_precision("fp32", "cpu")
+    'fp32'
+    """
+    if requested != "auto":
+        return requested
+    return "bf16" if native_bf16(device) else "fp32"
+
+
+def has_amx() -> bool:
+    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): oneDNN's fast bf16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " amx_tile" in line for line in f)
+    except OSError:
+        return False
+
+
+def scoring_precision(requested: str, device: str) -> str:
+    """``auto`` for scoring -> ``bf16`` where it scores faster than fp32, else ``fp32``.
+
+    That is a GPU with bf16, or a CPU with AMX. Native bf16 alone is not enough: on a CPU with
+    AVX-512 BF16 but no AMX (the bench machine), oneDNN's bf16 LSTM forward ran 1.48x slower than
+    its fp32 one for the default model (docs/benchmarks.md, "Scoring precision"), though bf16
+    training there is faster (its batches are larger and the backward pass dominates).
+
+    Example
+    -------
+    >>> scoring_precision("int8", "cpu")
+    'int8'
+    """
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        return "bf16" if native_bf16(device) else "fp32"
+    return "bf16" if has_amx() else "fp32"

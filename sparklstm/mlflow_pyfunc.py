@@ -18,7 +18,7 @@ from mlflow.pyfunc import PythonModel
 
 # Must match sparklstm/mlflow.py (ARTIFACT); a test logs and loads a model through both.
 ARTIFACT = "model_dir"
-DEFAULTS = {"device": "auto", "batch_size": 256, "precision": "fp32"}  # those of `sparklstm predict`
+DEFAULTS = {"device": "auto", "batch_size": 256, "precision": "auto"}  # those of `sparklstm predict`
 
 
 def texts_of(model_input) -> list:

@@ -16,7 +16,8 @@ from .training.data import pad_ids
 from .errors import SparklstmError
 from .runtime import tune_allocator
 
-PRECISIONS = ("fp32", "bf16", "int8")
+# auto: bf16 where it scores faster than fp32 (device.scoring_precision), else fp32.
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # A model batch closes early, once it holds batch_size // 4 rows, when its next row would pad it
 # beyond this share of its real tokens. Per-token speed on CPU is nearly flat from 64 to 256
 # rows (fp32 -2%, bf16 -5% at 64), while a small buffer cut into full 256-row batches padded
@@ -66,11 +67,14 @@ class Predictor:
     """
 
     def __init__(self, artifact: ModelArtifact, *, device: str = "cpu", batch_size: int = 256,
-                 precision: str = "fp32"):
+                 precision: str = "auto"):
         import torch
+
+        from .device import scoring_precision
 
         if precision not in PRECISIONS:
             raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        precision = scoring_precision(precision, device)  # what scores: fp32, bf16 or int8
         if batch_size < 1:
             raise SparklstmError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact = artifact
@@ -114,7 +118,7 @@ class Predictor:
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, *, device: str = "cpu", batch_size: int = 256,
-                 precision: str = "fp32"):
+                 precision: str = "auto"):
         return cls(load_artifact(model_dir), device=device, batch_size=batch_size,
                    precision=precision)
 

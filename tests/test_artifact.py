@@ -34,7 +34,7 @@ def model_copy(model_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    return Predictor.from_dir(model_dir)
+    return Predictor.from_dir(model_dir, precision="fp32")
 
 
 def _probs(results) -> np.ndarray:
@@ -50,7 +50,7 @@ def test_two_loads_give_identical_predictions(model_dir):
     assert a.state_dict.keys() == b.state_dict.keys()
     for k in a.state_dict:
         assert torch.equal(a.state_dict[k], b.state_dict[k])
-    pa, pb = Predictor(a).predict(TEXTS), Predictor(b).predict(TEXTS)
+    pa, pb = Predictor(a, precision="fp32").predict(TEXTS), Predictor(b, precision="fp32").predict(TEXTS)
     assert [r["label"] for r in pa] == [r["label"] for r in pb]
     np.testing.assert_array_equal(_probs(pa), _probs(pb))
 
@@ -183,7 +183,7 @@ def test_config_that_disagrees_with_weights_is_refused(model_copy):
     config = json.loads((model_copy / CONFIG).read_text())
     _rewrite_config(model_copy, model={**config["model"], "hidden_size": 2 * config["model"]["hidden_size"]})
     with pytest.raises(SparklstmError, match="do not match config.json"):
-        Predictor.from_dir(model_copy)
+        Predictor.from_dir(model_copy, precision="fp32")
 
 
 def test_empty_directory_is_not_a_model(tmp_path):
@@ -258,8 +258,8 @@ def test_text_scores_the_same_alone_and_in_a_batch(predictor):
 
 def test_batch_size_does_not_change_predictions(model_dir):
     """predict with batch_size=1 equals batch_size=256 (labels and probabilities)."""
-    one = Predictor.from_dir(model_dir, batch_size=1).predict(TEXTS)
-    many = Predictor.from_dir(model_dir, batch_size=256).predict(TEXTS)
+    one = Predictor.from_dir(model_dir, batch_size=1, precision="fp32").predict(TEXTS)
+    many = Predictor.from_dir(model_dir, batch_size=256, precision="fp32").predict(TEXTS)
     assert [r["label"] for r in one] == [r["label"] for r in many]
     np.testing.assert_allclose(_probs(one), _probs(many), rtol=0, atol=1e-6)
 
@@ -288,8 +288,8 @@ def test_a_model_saved_before_the_wide_path_loads_and_scores_as_before(model_dir
     config["sha256"][WEIGHTS] = hashlib.sha256(weights).hexdigest()
     (old / CONFIG).write_text(json.dumps(config))
 
-    new = Predictor.from_dir(model_dir)
-    before = Predictor.from_dir(old)
+    new = Predictor.from_dir(model_dir, precision="fp32")
+    before = Predictor.from_dir(old, precision="fp32")
     assert before.model.wide is None
     ids = [i for i in new.encode(TEXTS) if i is not None]
     with torch.no_grad():

@@ -107,7 +107,7 @@ def small_arrow_batches(spark):
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    return Predictor.from_dir(model_dir)
+    return Predictor.from_dir(model_dir, precision="fp32")
 
 
 def check_matrix(got: dict, rows, predictor) -> None:
@@ -142,7 +142,7 @@ def test_classify_udf_scores_every_bad_row(spark, model_dir, bad_rows, predictor
     src, rows = bad_rows
     df = spark.read.parquet(str(src))
     assert df.rdd.getNumPartitions() >= 2
-    scored = df.withColumn("pred", classify_udf(spark, model_dir, batch_size=4, buffer_rows=8)("text"))
+    scored = df.withColumn("pred", classify_udf(spark, model_dir, batch_size=4, buffer_rows=8, precision="fp32")("text"))
     got = {r["id"]: (r["text"], r["pred"] and r["pred"].asDict()) for r in scored.collect()}
     check_matrix(got, rows, predictor)
 
@@ -151,7 +151,8 @@ def test_cli_score_scores_every_bad_row(spark, model_dir, bad_rows, predictor, s
                                         tmp_path):
     src, rows = bad_rows
     out = tmp_path / "scored"
-    result = ok(invoke(["score", src, "--model", model_dir, "--out", out, "--batch-size", "4"]))
+    result = ok(invoke(["score", src, "--model", model_dir, "--out", out, "--batch-size", "4",
+                        "--precision", "fp32"]))
     assert " ".join(result.stdout.split()) == f"scored {len(rows)} rows -> {out}"
     scored = spark.read.parquet(str(out))
     assert scored.columns == ["id", "text", "prediction"]
@@ -168,7 +169,7 @@ def test_classify_udf_on_a_non_string_or_missing_column_fails_before_any_job(spa
     digits or as nulls), like a missing column; no Spark job starts."""
     from pyspark.errors import AnalysisException
 
-    classify = classify_udf(spark, model_dir)
+    classify = classify_udf(spark, model_dir, precision="fp32")
     df = spark.createDataFrame([(1, 7, b"goal", ["goal"])], "id int, n int, b binary, arr array<string>")
     tracker = spark.sparkContext.statusTracker()
     jobs_before = len(tracker.getJobIdsForGroup(None))
@@ -253,8 +254,8 @@ def test_loaders_read_only_json_and_safetensors_never_a_planted_pickle(spark, mo
         (model / name).write_bytes(pickle.dumps(Bomb(marker)))
     with audited(model) as record:
         load_artifact(model)
-        Predictor.from_dir(model).predict(["goal match"])
-        classify = classify_udf(spark, model)
+        Predictor.from_dir(model, precision="fp32").predict(["goal match"])
+        classify = classify_udf(spark, model, precision="fp32")
     assert set(record["opened"]) == {CONFIG, WEIGHTS, VOCAB}
     assert record["unpickled"] == []
     # executors decode the broadcast files; the CLI reads the directory again

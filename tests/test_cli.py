@@ -157,6 +157,10 @@ def test_cli_score(spark, chain, work):
     assert sorted(df.columns) == ["label", "prediction", "text"]
     assert df.count() == 240
     assert df.where("prediction IS NULL").count() == 0
+    from sparklstm.device import scoring_precision  # the default, auto: what this CPU runs natively
+
+    assert {r[0] for r in df.select("prediction.precision").distinct().collect()} == \
+        {scoring_precision("auto", "cpu")}
 
 
 def test_cli_evaluate(spark, chain, work):
@@ -183,11 +187,12 @@ def test_cli_predict_args_json(chain, work):
     model = work["base"] / "model"
     texts = ["goal match team league coach", "recipe oven dinner bake", "   "]
     # --device cpu: compared to 1e-9 with the library's Predictor, which runs on the CPU
-    result = ok(invoke(["predict", "--model", model, "--device", "cpu", "--json", *texts]))
+    result = ok(invoke(["predict", "--model", model, "--device", "cpu", "--precision", "fp32",
+                        "--json", *texts]))
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
     parsed = [json.loads(line) for line in lines]
-    expected = Predictor.from_dir(model).predict(texts)
+    expected = Predictor.from_dir(model, precision="fp32").predict(texts)
     assert [p["text"] for p in parsed] == texts
     for p, e in zip(parsed, expected):
         if e is None:
@@ -196,6 +201,7 @@ def test_cli_predict_args_json(chain, work):
             assert p["prediction"]["label"] == e["label"]
             assert p["prediction"]["probability"] == pytest.approx(e["probability"], abs=1e-9)
             assert len(p["prediction"]["probabilities"]) == 3
+            assert p["prediction"]["precision"] == "fp32"
 
 
 def test_cli_predict_stdin(chain, work):
@@ -205,9 +211,12 @@ def test_cli_predict_stdin(chain, work):
     parsed = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [p["text"] for p in parsed] == ["goal match team league", "", "software chip server code"]
     assert parsed[1]["prediction"] is None
-    expected = Predictor.from_dir(model).predict([p["text"] for p in parsed])
+    # The default, precision auto: the same Predictor on the same texts gives the same batches.
+    local = Predictor.from_dir(model)
+    expected = local.predict([p["text"] for p in parsed])
     assert [p["prediction"] and p["prediction"]["label"] for p in parsed] == \
         [e and e["label"] for e in expected]
+    assert {p["prediction"]["precision"] for p in parsed if p["prediction"]} == {local.precision}
     # "-" also reads stdin; the table output names the labels
     table = ok(invoke(["predict", "--model", model, "-"], input=stdin))
     assert "goal match team league" in table.stdout
@@ -320,7 +329,7 @@ def test_cli_train_tuning_options_reach_the_model(chain, work, tmp_path):
     assert (model["pooling"], model["bidirectional"], model["bag_of_embeddings"]) == ("max", True, True)
     from sparklstm.predictor import Predictor
 
-    loaded = Predictor.from_dir(out)  # the saved weights include the reverse stack's
+    loaded = Predictor.from_dir(out, precision="fp32")  # the saved weights include the reverse stack's
     assert loaded.model.rnn_reverse is not None and loaded.model.bag_of_embeddings
     assert len(loaded.predict(["free money now", "meeting at noon"])) == 2
 

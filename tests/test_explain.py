@@ -62,7 +62,7 @@ def predictor_for(model: LSTMClassifier, words: list[str], labels: list[str], *,
         "sha256": {"model.safetensors": "in-memory"},
     }
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return Predictor(ModelArtifact(config=config, vocab=Vocab(words), state_dict=state))
+    return Predictor(ModelArtifact(config=config, vocab=Vocab(words), state_dict=state), precision="fp32")
 
 
 def random_texts(n: int, *, seed: int, lo: int = 3, hi: int = 20) -> list[str]:

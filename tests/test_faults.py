@@ -63,7 +63,7 @@ def check_output(spark, out, rows, model_dir) -> None:
     print(f"rows in {len(rows)}, rows out {len(got)}, duplicates {len(ids) - len(set(ids))}")
     assert sorted(ids) == list(range(len(rows)))
     assert all(r["text"] == rows[r["id"]]["text"] for r in got)
-    local = Predictor.from_dir(model_dir).predict([r["text"] for r in got])
+    local = Predictor.from_dir(model_dir, precision="fp32").predict([r["text"] for r in got])
     assert [r["prediction"]["label"] for r in got] == [e["label"] for e in local]
     np.testing.assert_allclose([r["prediction"]["probabilities"] for r in got],
                                [e["probabilities"] for e in local], atol=1e-6, rtol=0)
@@ -72,7 +72,7 @@ def check_output(spark, out, rows, model_dir) -> None:
 def fault_job(master: str, work, corpus_path, model_dir, conf: dict) -> list[str]:
     (work / "events").mkdir()
     return score_submit(master, corpus=corpus_path, model_dir=model_dir, out=work / "scored",
-                        args=("--batch-size", "32"), conf={
+                        args=("--batch-size", "32", "--precision", "fp32"), conf={
                             "spark.eventLog.enabled": "true",
                             "spark.eventLog.dir": (work / "events").as_uri(),
                             "spark.eventLog.compress": "false",  # one plain JSON-lines file

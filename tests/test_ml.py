@@ -41,7 +41,7 @@ def test_pipeline_fits_transforms_saves_loads_and_equals_classify_udf(spark, fra
     assert stage.metrics["val"]["macro_f1"] > 0.9  # separable corpus
     got = {r["body"]: r["pred"] for r in fitted.transform(test).collect()}
 
-    classify = classify_udf(spark, stage.getOrDefault("modelDir"))
+    classify = classify_udf(spark, stage.getOrDefault("modelDir"))  # the defaults, as the stage's
     want = {r["body"]: r["pred"] for r in test.withColumn("pred", classify("body")).collect()}
     assert got == want and got[None] is None and got[""] is None
 

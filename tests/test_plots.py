@@ -38,7 +38,7 @@ def test_train_writes_the_training_curves(model_dir):
 def scored_table(spark, model_dir, tmp_path_factory):
     """A small table scored by the UDF: 60 labelled texts of the model's three classes."""
     path = tmp_path_factory.mktemp("plots") / "scored.parquet"
-    classify = classify_udf(spark, model_dir)
+    classify = classify_udf(spark, model_dir, precision="fp32")
     df = spark.createDataFrame(make_corpus(60, seed=11))
     df.withColumn("prediction", classify("text")).write.parquet(str(path))
     return path
@@ -59,7 +59,7 @@ def test_evaluate_refuses_labels_the_model_does_not_know(spark, model_dir, tmp_p
     rows = make_corpus(12, seed=12)
     rows[0]["label"], rows[1]["label"] = "weather", "travel"
     path = tmp_path / "scored.parquet"
-    classify = classify_udf(spark, model_dir)
+    classify = classify_udf(spark, model_dir, precision="fp32")
     spark.createDataFrame(rows).withColumn("prediction", classify("text")).write.parquet(str(path))
     unknown = r"2 true labels are not labels of the model .*'travel', 'weather'"
     with pytest.raises(SparklstmError, match=unknown):

@@ -27,12 +27,12 @@ EMPTYISH = [None, "", "   ", "\t\n", "___"]  # no tokens: null prediction
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    return Predictor.from_dir(model_dir)
+    return Predictor.from_dir(model_dir, precision="fp32")
 
 
 @pytest.fixture(scope="module")
 def classify(spark, model_dir):
-    return classify_udf(spark, model_dir)
+    return classify_udf(spark, model_dir, precision="fp32")
 
 
 def long_text(n_words: int, seed: int) -> str:
@@ -76,7 +76,7 @@ def test_udf_equals_local_predictor(spark, classify, predictor):
     assert scored.columns == ["id", "text", "weight", "tags", "key", "pred"]
     assert scored.schema["pred"].dataType == _parse_datatype_string(RESULT_TYPE)
     assert scored.schema["pred"].dataType.simpleString() == \
-        "struct<label:string,probability:double,probabilities:array<double>>"
+        "struct<label:string,probability:double,probabilities:array<double>,precision:string>"
 
     got = sorted(scored.collect(), key=lambda r: r["id"])
     assert len(got) == len(texts) == scored.count()
@@ -90,6 +90,7 @@ def test_udf_equals_local_predictor(spark, classify, predictor):
             assert p["probability"] == max(p["probabilities"])
             assert labels[int(np.argmax(p["probabilities"]))] == p["label"]
             assert sum(p["probabilities"]) == pytest.approx(1.0, abs=1e-6)
+            assert p["precision"] == "fp32"
     # exactly the token-less texts are null
     nulls = {row["text"] for row in got if row["pred"] is None}
     assert nulls == set(EMPTYISH)
@@ -135,7 +136,7 @@ def test_order_kept_across_small_arrow_batches(spark, model_dir, predictor):
     try:
         for options in ({"batch_size": 5, "buffer_rows": 20}, {"batch_size": 3, "buffer_rows": 1},
                         {}):
-            classify = classify_udf(spark, model_dir, **options)
+            classify = classify_udf(spark, model_dir, precision="fp32", **options)
             df = spark.createDataFrame(pdf)
             assert df.rdd.getNumPartitions() == 2
             got = {r["id"]: r["pred"] for r in df.withColumn("pred", classify("text")).collect()}
@@ -165,7 +166,8 @@ def test_udf_in_sql(spark, classify, predictor):
         if expected is None:
             # the raw pandas UDF can only return a struct of nulls ...
             assert row["p"] is not None
-            assert row["p"].asDict() == {"label": None, "probability": None, "probabilities": None}
+            assert row["p"].asDict() == {"label": None, "probability": None, "probabilities": None,
+                                         "precision": None}
             assert row["label"] is None
             # ... the column function turns it into a null struct
             assert wrapped[row["id"]] is None
@@ -246,7 +248,7 @@ def scored(spark, model_dir, tmp_path_factory):
     src = base / "input.parquet"
     pq.write_table(pa.Table.from_pylist(rows, schema=INPUT_SCHEMA), str(src))
     out = base / "scored"
-    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(out))
+    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(out), precision="fp32")
     return src, out, rows, n
 
 
@@ -256,7 +258,7 @@ def test_score_writes_all_columns_and_predictions(spark, scored, predictor):
     df = spark.read.parquet(str(out))
     assert df.columns == ["id", "text", "label", "source", "prediction"]
     assert df.schema["prediction"].dataType.simpleString() == \
-        "struct<label:string,probability:double,probabilities:array<double>>"
+        "struct<label:string,probability:double,probabilities:array<double>,precision:string>"
     got = sorted(df.collect(), key=lambda r: r["id"])
     assert [r["id"] for r in got] == [r["id"] for r in rows]
     local = predictor.predict([r["text"] for r in rows])
@@ -268,13 +270,13 @@ def test_score_writes_all_columns_and_predictions(spark, scored, predictor):
 def test_score_refuses_existing_output_and_overwrites_on_request(spark, scored, model_dir):
     src, out, rows, _ = scored
     with pytest.raises(SparklstmError) as info:
-        score(spark, input_path=str(src), model_dir=model_dir, out=str(out))
+        score(spark, input_path=str(src), model_dir=model_dir, out=str(out), precision="fp32")
     assert str(info.value) == f"output {out} exists (pass --overwrite to replace it)"
     again = out.parent / "scored_again"
     again.mkdir()
     (again / "junk.txt").write_text("x")
     n = score(spark, input_path=str(src), model_dir=model_dir, out=str(again), overwrite=True,
-              pred_col="p", batch_size=16)
+              pred_col="p", batch_size=16, precision="fp32")
     assert n == len(rows)
     assert not (again / "junk.txt").exists()
     assert spark.read.parquet(str(again)).columns == ["id", "text", "label", "source", "p"]
@@ -289,7 +291,7 @@ def test_score_refuses_an_existing_prediction_column(spark, scored, model_dir, t
     src = scored[0]
     for pred_col in ("label", "source"):
         with pytest.raises(SparklstmError, match=f"already has a column named '{pred_col}'"):
-            score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"), pred_col=pred_col)
+            score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"), pred_col=pred_col, precision="fp32")
     assert not (tmp_path / "o").exists()
 
 
@@ -321,13 +323,13 @@ def test_score_bad_text_column_fails_before_any_job(spark, model_dir, tmp_path, 
         expected = f"text column 'text' in {src} must be a string, not int"
     pq.write_table(table, str(src))
     with pytest.raises(SparklstmError) as info:
-        score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"))
+        score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "o"), precision="fp32")
     assert str(info.value) == expected
     assert not (tmp_path / "o").exists()
     # score() starts no job beyond the one reading the Parquet schema
     reading = jobs_run(spark, lambda: read_table(spark, str(src)))
     scoring = jobs_run(spark, lambda: score(spark, input_path=str(src), model_dir=model_dir,
-                                            out=str(tmp_path / "o")))
+                                            out=str(tmp_path / "o"), precision="fp32"))
     assert scoring == reading
 
 
@@ -335,10 +337,10 @@ def test_score_checks_the_model_before_reading_input(spark, model_dir, tmp_path)
     bad = tampered_copy(model_dir, tmp_path / "m", "model.safetensors", "flip")
     with pytest.raises(SparklstmError, match="does not match the sha256"):
         score(spark, input_path=str(tmp_path / "does-not-exist.parquet"), model_dir=bad,
-              out=str(tmp_path / "o"))
+              out=str(tmp_path / "o"), precision="fp32")
     with pytest.raises(SparklstmError, match="input not found"):
         score(spark, input_path=str(tmp_path / "does-not-exist.parquet"), model_dir=model_dir,
-              out=str(tmp_path / "o"))
+              out=str(tmp_path / "o"), precision="fp32")
 
 
 def recompute(pdf: pd.DataFrame) -> dict:
@@ -437,9 +439,9 @@ def test_batches_close_early_on_cpu_only_and_never_change_results(model_dir, pre
     assert predictor.early_close
     assert not Predictor.from_dir(model_dir, precision="int8").early_close
     texts = [" ".join(["free prize now"] * n) for n in (1, 3, 40, 2, 90, 7, 5, 60, 4, 33)]
-    whole = Predictor.from_dir(model_dir, batch_size=4)
+    whole = Predictor.from_dir(model_dir, batch_size=4, precision="fp32")
     whole.early_close = False
-    np.testing.assert_allclose(Predictor.from_dir(model_dir, batch_size=4).predict_arrays(texts)[2],
+    np.testing.assert_allclose(Predictor.from_dir(model_dir, batch_size=4, precision="fp32").predict_arrays(texts)[2],
                                whole.predict_arrays(texts)[2], rtol=0, atol=1e-6)
 
 
@@ -468,13 +470,13 @@ def test_bf16_weights_cast_once_on_cpu_give_autocasts_results(model_dir, tmp_pat
     autocast.cast_bf16, autocast.model = False, autocast.artifact.build_model()  # fp32 + autocast
     texts = [r["text"] for r in make_corpus(40, seed=3)]
     np.testing.assert_array_equal(cast.predict_arrays(texts)[2], autocast.predict_arrays(texts)[2])
-    fp32 = Predictor.from_dir(out).predict_arrays(texts)[2]
+    fp32 = Predictor.from_dir(out, precision="fp32").predict_arrays(texts)[2]
     np.testing.assert_allclose(cast.predict_arrays(texts)[2], fp32, atol=0.05)
 
 
 def test_predictor_refuses_a_batch_size_below_one(model_dir):
     with pytest.raises(SparklstmError, match="batch_size"):
-        Predictor.from_dir(model_dir, batch_size=0)
+        Predictor.from_dir(model_dir, batch_size=0, precision="fp32")
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,9 +553,9 @@ def test_udf_explain_adds_top_k_tokens(spark, model_dir):
 
     texts = ["the goal of the match was a great score", None, "bake the spice in the oven"]
     df = spark.createDataFrame([(t,) for t in texts], "text string")
-    classify = classify_udf(spark, model_dir, explain=3, explain_method="occlusion")
+    classify = classify_udf(spark, model_dir, explain=3, explain_method="occlusion", precision="fp32")
     rows = df.withColumn("p", classify("text")).collect()
-    local = explain_batch(Predictor.from_dir(model_dir), texts, k=3, method="occlusion")
+    local = explain_batch(Predictor.from_dir(model_dir, precision="fp32"), texts, k=3, method="occlusion")
     assert rows[1]["p"] is None and local[1] is None
     for row, expected in zip(rows, local):
         if expected is None:
@@ -574,12 +576,36 @@ def test_udf_in_bf16_equals_the_local_bf16_predictor_and_explains_in_fp32(spark,
     got = sorted(df.withColumn("p", classify("text")).collect(), key=lambda r: r["id"])
     local = Predictor.from_dir(model_dir, precision="bf16")
     assert local.cast_bf16
-    fp32 = Predictor.from_dir(model_dir).predict(texts)
+    fp32 = Predictor.from_dir(model_dir, precision="fp32").predict(texts)
     for row, expected, full in zip(got, local.predict(texts), fp32):
         assert_same(row["p"], expected)  # one partition: the same batches as locally
         if full is not None:  # and close to fp32
             np.testing.assert_allclose(row["p"]["probabilities"], full["probabilities"], atol=0.05)
-    top = explain_batch(Predictor.from_dir(model_dir), texts, k=2, method="occlusion")
+    top = explain_batch(Predictor.from_dir(model_dir, precision="fp32"), texts, k=2, method="occlusion")
     for row, expected in zip(got, top):
         if expected is not None:
             assert [e["token"] for e in row["p"]["explanation"]] == [t for t, _ in expected]
+
+
+def test_default_precision_is_auto_and_each_row_says_what_scored_it(spark, model_dir):
+    """precision="auto" (the default): bf16 where the CPU runs it natively, else fp32; the
+    struct's precision field names it, and labels match fp32's on this corpus."""
+    from sparklstm.device import scoring_precision
+
+    texts = mixed_texts()
+    df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, text string")
+    got = sorted(df.withColumn("p", classify_udf(spark, model_dir)("text")).collect(),
+                 key=lambda r: r["id"])
+    auto = scoring_precision("auto", "cpu")
+    assert {r["p"]["precision"] for r in got if r["p"] is not None} == {auto}
+    fp32 = Predictor.from_dir(model_dir, precision="fp32").predict(texts)
+    for row, full in zip(got, fp32):
+        assert (row["p"] is None) == (full is None)
+        if full is not None:
+            assert row["p"]["label"] == full["label"]
+            np.testing.assert_allclose(row["p"]["probabilities"], full["probabilities"], atol=0.05)
+    pinned = df.withColumn("p", classify_udf(spark, model_dir, precision="fp32")("text"))
+    assert {r["p"]["precision"] for r in pinned.collect() if r["p"] is not None} == {"fp32"}
+    assert Predictor.from_dir(model_dir).precision == auto
+    with pytest.raises(SparklstmError, match="precision must be one of"):
+        classify_udf(spark, model_dir, precision="fp16")

@@ -80,9 +80,11 @@ def wait_until(condition, proc: subprocess.Popen, what: str, timeout: float = 30
 
 
 def start_cli(args: list, log: Path) -> subprocess.Popen:
-    """``sparklstm score --stream ...`` in its own process group (the driver JVM joins it)."""
+    """``sparklstm score --stream ...`` in its own process group (the driver JVM joins it), in
+    fp32: the output is compared with the Predictor's to 1e-6, and bf16 results move with the
+    rows batched together, which a kill and restart changes."""
     return subprocess.Popen([sys.executable, "-m", "sparklstm.cli", "score", "--stream",
-                             *map(str, args)], env=ENV, cwd=REPO, start_new_session=True,
+                             "--precision", "fp32", *map(str, args)], env=ENV, cwd=REPO, start_new_session=True,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -153,7 +155,7 @@ def test_exactly_once_across_sigkill_ctrl_c_and_restart(spark, model_dir, tmp_pa
     assert {r["model_id"] for r in got.values()} == {model_id}
     assert read_pin(ckpt)["model_id"] == model_id
 
-    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "batch"))
+    n = score(spark, input_path=str(src), model_dir=model_dir, out=str(tmp_path / "batch"), precision="fp32")
     assert n == files.next_id
     for row in spark.read.parquet(str(tmp_path / "batch")).collect():
         streamed = got[row["id"]]
@@ -232,5 +234,5 @@ def test_stream_argument_errors_are_one_clear_line(spark, model_dir, tmp_path):
     # An empty directory with a schema is fine: available-now finds nothing and ends.
     summary = score_stream(spark, input_dir=str(empty), model_dir=model_dir, out=str(tmp_path / "o"),
                            checkpoint=str(tmp_path / "c2"), schema="id BIGINT, text STRING",
-                           trigger="available-now")
+                           trigger="available-now", precision="fp32")
     assert (summary.rows, summary.batches) == (0, 0)

@@ -71,7 +71,7 @@ def test_tuning_options_train_and_round_trip(prepped_dir, tmp_path):
     assert m["test"]["accuracy"] > 0.9
     config = json.loads((out / "config.json").read_text())
     assert config["model"]["pooling"] == "concat"
-    p = Predictor.from_dir(out)
+    p = Predictor.from_dir(out, precision="fp32")
     both = 2 if SMALL_MODEL.bidirectional else 1  # concat per direction, then the mean embedding
     bag = SMALL_MODEL.embed_dim if SMALL_MODEL.bag_of_embeddings else 0
     assert p.model.pooling == "concat"

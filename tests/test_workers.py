@@ -41,7 +41,7 @@ from pyspark.sql import SparkSession
 import sparklstm
 from sparklstm.errors import SparklstmError
 spark = SparkSession.builder.master("local[1]").getOrCreate()
-for call in (lambda: sparklstm.classify_udf(spark, {str(model_dir)!r}),
+for call in (lambda: sparklstm.classify_udf(spark, {str(model_dir)!r}, precision="fp32"),
              lambda: sparklstm.prep(spark, input_path={str(corpus_path)!r}, out={str(tmp_path / 'p')!r})):
     try:
         call()

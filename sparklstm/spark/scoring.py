@@ -24,7 +24,10 @@ from ..predictor import PRECISIONS
 from .shipping import SHIPS, ship_model
 from .workers import check_workers
 
-RESULT_TYPE = "struct<label: string, probability: double, probabilities: array<double>>"
+# precision: what scored the row (fp32, bf16 or int8), so a fleet of mixed hardware under
+# precision="auto" is visible in the output.
+RESULT_TYPE = ("struct<label: string, probability: double, probabilities: array<double>, "
+               "precision: string>")
 
 # Per Python worker process: (model sha256, device, precision) -> Predictor. A reused worker keeps it.
 _PREDICTORS: dict = {}
@@ -47,8 +50,10 @@ def _task_device(requested: str) -> str:
 
 
 def _predictor(shipped, model_id: str, device: str, batch_size: int, precision: str):
+    from ..device import scoring_precision
     from ..predictor import Predictor
 
+    precision = scoring_precision(precision, device)  # auto follows this task's device
     key = (model_id, device, precision)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
@@ -82,6 +87,7 @@ def _results(predictor, texts: pd.Series, explain: int = 0, explain_method: str 
         "label": [labels[k] if ok else None for ok, k in zip(valid, label_idx)],
         "probability": [float(p[k]) if ok else None for ok, k, p in zip(valid, label_idx, probs)],
         "probabilities": [p.tolist() if ok else None for ok, p in zip(valid, probs)],
+        "precision": [predictor.precision if ok else None for ok in valid],
     }
     if explain:
         from ..explain.attribution import explain_batch
@@ -109,17 +115,19 @@ def _rebatch(batches: Iterator[pd.Series], buffer_rows: int) -> Iterator[list[pd
 
 
 def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device: str = "auto",
-                 precision: str = "fp32", buffer_rows: int | None = None, explain: int = 0,
+                 precision: str = "auto", buffer_rows: int | None = None, explain: int = 0,
                  explain_method: str = "ig", ship: str = "auto"):
     """A pandas UDF that classifies a string column.
 
     Returns a function of a column (name or Column) giving
-    ``struct<label: string, probability: double, probabilities: array<double>>``, null where
-    the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
+    ``struct<label: string, probability: double, probabilities: array<double>, precision: string>``,
+    null where the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
     The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
 
-    ``precision``: ``fp32`` (default), ``bf16`` (autocast's results; faster on CPUs with AVX-512
-    BF16 / AMX and on GPUs), ``int8`` (dynamic quantization, CPU). ``buffer_rows``: rows gathered across
+    ``precision``: ``auto`` (default: ``bf16`` where it scores faster, a GPU with bf16 or a CPU
+    with AMX, else ``fp32``; ``device.scoring_precision``), ``fp32``, ``bf16`` (autocast's results),
+    ``int8`` (dynamic quantization, CPU); the struct's ``precision`` says which scored the row.
+    ``buffer_rows``: rows gathered across
     Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
     1024)``). ``explain=k`` adds ``explanation: array<struct<token, attribution>>``, the top-k
     tokens for the predicted class (integrated gradients, or ``explain_method="occlusion"``);
@@ -186,7 +194,7 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
 
 def score(spark, *, input_path: str, model_dir: str | Path, out: str, text_col: str = "text",
           pred_col: str = "prediction", batch_size: int = 256, device: str = "auto",
-          precision: str = "fp32", fmt: str | None = None, overwrite: bool = False) -> int:
+          precision: str = "auto", fmt: str | None = None, overwrite: bool = False) -> int:
     """Score a table and write Parquet with every input column plus ``pred_col``; returns rows.
 
     Example

@@ -124,7 +124,7 @@ def start_stream(spark, *, input_dir: str, model_dir: str | Path, out: str, chec
                  text_col: str = "text", pred_col: str = "prediction", model_col: str = "model_id",
                  trigger: str = "processing-time", interval: str = "10 seconds",
                  max_files_per_trigger: int | None = None, schema: str | None = None,
-                 batch_size: int = 256, device: str = "auto", precision: str = "fp32",
+                 batch_size: int = 256, device: str = "auto", precision: str = "auto",
                  allow_model_change: bool = False,
                  log: Callable[[str], None] | None = None) -> ScoringStream:
     """Start the streaming scoring query (non-blocking); see :func:`score_stream`.

@@ -32,7 +32,7 @@ from test_streaming import Dropper, read_pin
 
 @pytest.fixture(scope="module")
 def predictor(model_dir):
-    return Predictor.from_dir(model_dir)
+    return Predictor.from_dir(model_dir, precision="fp32")
 
 
 def predictions(session, classify, texts) -> list:
@@ -43,7 +43,7 @@ def predictions(session, classify, texts) -> list:
 
 def test_classify_udf_equals_the_local_predictor(remote, model_dir, predictor):
     texts = mixed_texts()
-    classify = classify_udf(remote, model_dir)
+    classify = classify_udf(remote, model_dir, precision="fp32")
     got = predictions(remote, classify, texts)
     for g, local in zip(got, predictor.predict(texts)):
         assert_same(g, local)
@@ -58,8 +58,8 @@ def test_classify_udf_equals_the_local_predictor(remote, model_dir, predictor):
 
 
 def test_model_uploads_once_per_session_and_decodes_once_per_worker(remote, model_dir, loads):
-    classify = classify_udf(remote, model_dir)
-    again = classify_udf(remote, model_dir)
+    classify = classify_udf(remote, model_dir, precision="fp32")
+    again = classify_udf(remote, model_dir, precision="fp32")
     uploads = [name for sid, name in shipping._UPLOADED if sid == remote.session_id]
     assert len(uploads) == 1  # the same model is one artifact, sent once
 
@@ -75,7 +75,7 @@ def test_model_uploads_once_per_session_and_decodes_once_per_worker(remote, mode
 
 
 def test_bad_text_columns_fail_as_on_a_classic_session(remote, model_dir, tmp_path):
-    classify = classify_udf(remote, model_dir)
+    classify = classify_udf(remote, model_dir, precision="fp32")
     df = remote.createDataFrame([(1, b"x")], "n int, b binary")
     for column in ("n", "b"):
         with pytest.raises(AnalysisException):  # Connect analyses at the action, not at select()
@@ -83,11 +83,11 @@ def test_bad_text_columns_fail_as_on_a_classic_session(remote, model_dir, tmp_pa
     df.write.parquet(str(tmp_path / "numbers"))
     with pytest.raises(SparklstmError, match="text column 'n' in .* must be a string, not int"):
         score(remote, input_path=str(tmp_path / "numbers"), model_dir=model_dir,
-              out=str(tmp_path / "o"), text_col="n")
+              out=str(tmp_path / "o"), text_col="n", precision="fp32")
 
 
 def test_score_and_evaluate(remote, model_dir, corpus_path, predictor, tmp_path):
-    n = score(remote, input_path=str(corpus_path), model_dir=model_dir, out=str(tmp_path / "s"))
+    n = score(remote, input_path=str(corpus_path), model_dir=model_dir, out=str(tmp_path / "s"), precision="fp32")
     rows = remote.read.parquet(str(tmp_path / "s")).collect()
     assert n == len(rows) == 1200
     for r, local in zip(rows, predictor.predict([r["text"] for r in rows])):
