@@ -5,7 +5,7 @@ bench/accuracy.py.
         --model W/spam-model-s0 [--model W/spam-model-s1 ...] [--threads 1] [--json out.json]
 
 ``W`` is a bench/accuracy.py work directory (its corpus Parquet, prepped/ and trained models).
-bf16 is what ``precision="auto"`` scores in where it is faster (a GPU with bf16, a CPU with AMX).
+bf16 is what ``precision="auto"`` scores in where it measures faster than fp32.
 For each model, the local ``Predictor`` (the code the Spark UDF runs in each worker) scores every
 text of the corpus in fp32 and in bf16; the script prints test macro-F1 in both precisions (the
 test split recomputed with prep's hash and checked against prepped/, as bench/accuracy.py does),

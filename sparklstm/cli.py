@@ -294,7 +294,7 @@ def score(
     device: Annotated[str, typer.Option(
         help="auto (the task's GPU if Spark gave it one, else CPU) | cpu | cuda.")] = SCORE.device,
     precision: Annotated[str, typer.Option(
-        help="auto (bf16 on a GPU with bf16 or a CPU with AMX, else fp32) | fp32 | bf16 (autocast) "
+        help="auto (bf16 where it measures faster than fp32, else fp32) | fp32 | bf16 (autocast) "
              "| int8 (dynamic quantization, CPU).")] = SCORE.precision,
     format: Format = None,
     config: ConfigPath = None,
@@ -399,7 +399,7 @@ def predict(
     model: ModelDir = Path("model"),
     device: Device = "auto",
     precision: Annotated[str, typer.Option(
-        help="auto (bf16 on a GPU with bf16 or a CPU with AMX, else fp32) | fp32 | bf16 | int8.")
+        help="auto (bf16 where it measures faster than fp32, else fp32) | fp32 | bf16 | int8.")
     ] = SCORE.precision,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ):

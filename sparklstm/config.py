@@ -86,8 +86,8 @@ class ScoreConfig:
     pred_col: str = "prediction"
     batch_size: int = 256  # rows per forward pass
     device: str = "auto"  # auto (the task's GPU if Spark assigned one, else CPU) | cpu | cuda
-    # auto: bf16 where it scores faster than fp32 (a GPU with bf16, a CPU with AMX), else fp32
-    # (device.scoring_precision). bf16 labels agreed with fp32's on >= 99.95% of the rows of
+    # auto: bf16 where it is faster than fp32 (a GPU with bf16; on a CPU a GEMM timed once per
+    # process decides: device.scoring_precision), else fp32. bf16 labels agreed with fp32's on >= 99.95% of the rows of
     # every bench corpus (docs/benchmarks.md, "Scoring precision").
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from .errors import SparklstmError
@@ -75,22 +76,44 @@ def resolve_precision(requested: str, device: str) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
-def has_amx() -> bool:
-    """Whether this CPU has AMX tiles (Intel Sapphire Rapids and later): oneDNN's fast bf16."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_tile" in line for line in f)
-    except OSError:
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_faster(margin: float = 1.2) -> bool:
+    """Whether bf16 matmuls run at least ``margin`` times faster than fp32 on this CPU, with the
+    threads torch has now: measured once per process (about 0.1 s), cached.
+
+    Native bf16 says nothing about speed. Measured one thread each, GEMMs of the LSTM's shapes:
+    an AMD EPYC with AVX-512 BF16 ran bf16 2.3x faster than fp32 (185 against 79 GFLOP/s); an
+    Intel Xeon with AVX-512 BF16 but no AMX ran it 0.55x as fast (74 against 130), and its bf16
+    LSTM scored 1.4x slower (docs/benchmarks.md, "Scoring precision"). The gap either way is far
+    beyond timing noise, so the choice is stable on a given machine.
+    """
+    import time
+
+    import torch
+
+    if not native_bf16("cpu"):
         return False
+    # (256 rows, 256 inputs) @ (256, 512): a batch through the second layer's gate projection.
+    a, b = torch.randn(256, 256), torch.randn(256, 512)
+
+    def best(x, y) -> float:
+        times = []
+        for _ in range(7):
+            start = time.perf_counter()
+            for _ in range(10):
+                x @ y
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        fp32 = best(a, b)
+        bf16 = best(a.bfloat16(), b.bfloat16())
+    return fp32 / bf16 >= margin
 
 
 def scoring_precision(requested: str, device: str) -> str:
-    """``auto`` for scoring -> ``bf16`` where it scores faster than fp32, else ``fp32``.
-
-    That is a GPU with bf16, or a CPU with AMX. Native bf16 alone is not enough: on a CPU with
-    AVX-512 BF16 but no AMX (the bench machine), oneDNN's bf16 LSTM forward ran 1.48x slower than
-    its fp32 one for the default model (docs/benchmarks.md, "Scoring precision"), though bf16
-    training there is faster (its batches are larger and the backward pass dominates).
+    """``auto`` for scoring -> ``bf16`` where it is faster than fp32, else ``fp32``: a GPU with
+    bf16, or a CPU where :func:`cpu_bf16_faster` measured it so. Other values unchanged.
 
     Example
     -------
@@ -101,4 +124,4 @@ def scoring_precision(requested: str, device: str) -> str:
         return requested
     if device.startswith("cuda"):
         return "bf16" if native_bf16(device) else "fp32"
-    return "bf16" if has_amx() else "fp32"
+    return "bf16" if cpu_bf16_faster() else "fp32"

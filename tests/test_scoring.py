@@ -609,3 +609,15 @@ def test_default_precision_is_auto_and_each_row_says_what_scored_it(spark, model
     assert Predictor.from_dir(model_dir).precision == auto
     with pytest.raises(SparklstmError, match="precision must be one of"):
         classify_udf(spark, model_dir, precision="fp16")
+
+
+def test_auto_times_bf16_against_fp32_once_per_process():
+    """auto's CPU rule is a measurement: bf16 must beat fp32 by the margin (no margin: any CPU
+    with native bf16 passes; an impossible margin: none does), and it is taken once."""
+    from sparklstm.device import cpu_bf16_faster, native_bf16, scoring_precision
+
+    assert cpu_bf16_faster(0.0) == native_bf16("cpu")
+    assert cpu_bf16_faster(1000.0) is False
+    assert cpu_bf16_faster() is cpu_bf16_faster()  # cached: one measurement per process
+    assert scoring_precision("auto", "cpu") == ("bf16" if cpu_bf16_faster() else "fp32")
+    assert [scoring_precision(p, "cpu") for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]

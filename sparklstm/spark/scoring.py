@@ -124,8 +124,8 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     null where the text is null, empty or has no tokens. ``probabilities`` follow the model's label order.
     The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
 
-    ``precision``: ``auto`` (default: ``bf16`` where it scores faster, a GPU with bf16 or a CPU
-    with AMX, else ``fp32``; ``device.scoring_precision``), ``fp32``, ``bf16`` (autocast's results),
+    ``precision``: ``auto`` (default: ``bf16`` where it is faster than fp32, measured once per
+    worker on a CPU, else ``fp32``; ``device.scoring_precision``), ``fp32``, ``bf16`` (autocast's),
     ``int8`` (dynamic quantization, CPU); the struct's ``precision`` says which scored the row.
     ``buffer_rows``: rows gathered across
     Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
