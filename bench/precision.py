@@ -25,7 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import macro_f1, same_split  # noqa: E402
 
-from sparklstm.device import scoring_precision  # noqa: E402
+from sparklstm.device import auto_precision  # noqa: E402
 from sparklstm.predictor import Predictor  # noqa: E402
 from sparklstm.spark.prep import load_prepped  # noqa: E402
 from sparklstm.spark.session import get_spark  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    print(f"scoring precision auto on this machine's CPU: {scoring_precision('auto', 'cpu')}")
+    print(f"scoring precision auto on this machine's CPU: {auto_precision('auto', 'cpu')}")
     df = pd.read_parquet(args.corpus)
     df = df[df["text"].str.strip().astype(bool)].reset_index(drop=True)
     spark = get_spark(master="local[2]")

@@ -32,7 +32,7 @@ import pandas as pd
 
 from sparklstm import classify_udf, prep, train
 from sparklstm.config import ModelConfig, PrepConfig, TrainConfig
-from sparklstm.device import scoring_precision
+from sparklstm.device import auto_precision
 from sparklstm.predictor import Predictor
 from sparklstm.spark.session import get_spark
 
@@ -218,7 +218,7 @@ def main() -> None:
     print(f"b/c / bound (fp32) {c / b / bound:5.2f}")
     print(f"b/a (fp32)        {a_ / b:5.2f}")
     # sparklstm's defaults (precision="auto") against what a user writes today, on its own line.
-    default = scoring_precision("auto", "cpu")
+    default = auto_precision("auto", "cpu")
     if f"b_{default}" in results:
         print(f"b/c (default settings) {c / results[f'b_{default}']:.2f}   (precision auto = {default})")
     else:

@@ -71,8 +71,9 @@ class TrainConfig:
     # Denormals are ~100x slower on x86; flushing gained nothing on the idle VM but 6.8x under
     # load in one early run (bench/NOTES.md, "Training throughput"), and changes results < 1e-30.
     flush_denormal: bool = True
-    # auto: bf16 autocast (fp32 master weights) where the CPU/GPU runs it natively, else fp32;
-    # ~2.4x the tokens/s here at the same accuracy (README, "Benchmarks").
+    # auto: bf16 autocast (fp32 master weights) where it is faster than fp32 (device.auto_precision:
+    # a GPU with bf16, or a CPU where a timed GEMM says so), else fp32; ~2.4x the tokens/s on the
+    # AMD EPYC at the same accuracy, 0.72-0.88x on an Intel Xeon without AMX (docs/benchmarks.md).
     precision: str = "auto"  # auto | fp32 | bf16
     num_threads: int = 0  # 0 = torch's default
     # A train split with more rows is streamed from its Parquet shards through a shuffle buffer of
@@ -87,7 +88,7 @@ class ScoreConfig:
     batch_size: int = 256  # rows per forward pass
     device: str = "auto"  # auto (the task's GPU if Spark assigned one, else CPU) | cpu | cuda
     # auto: bf16 where it is faster than fp32 (a GPU with bf16; on a CPU a GEMM timed once per
-    # process decides: device.scoring_precision), else fp32. bf16 labels agreed with fp32's on >= 99.95% of the rows of
+    # process decides: device.auto_precision), else fp32. bf16 labels agreed with fp32's on >= 99.95% of the rows of
     # every bench corpus (docs/benchmarks.md, "Scoring precision").
     precision: str = "auto"  # auto | fp32 | bf16 (autocast) | int8 (dynamic quantization, CPU)
 

@@ -63,19 +63,6 @@ def native_bf16(device: str) -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(requested: str, device: str) -> str:
-    """``auto`` -> ``bf16`` where :func:`native_bf16`, else ``fp32``; other values unchanged.
-
-    Example
-    -------
-    >>> resolve_precision("fp32", "cpu")
-    'fp32'
-    """
-    if requested != "auto":
-        return requested
-    return "bf16" if native_bf16(device) else "fp32"
-
-
 @functools.lru_cache(maxsize=None)
 def cpu_bf16_faster(margin: float = 1.2) -> bool:
     """Whether bf16 matmuls run at least ``margin`` times faster than fp32 on this CPU, with the
@@ -111,13 +98,14 @@ def cpu_bf16_faster(margin: float = 1.2) -> bool:
     return fp32 / bf16 >= margin
 
 
-def scoring_precision(requested: str, device: str) -> str:
-    """``auto`` for scoring -> ``bf16`` where it is faster than fp32, else ``fp32``: a GPU with
-    bf16, or a CPU where :func:`cpu_bf16_faster` measured it so. Other values unchanged.
+def auto_precision(requested: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where it is faster than fp32, else ``fp32``: a GPU with bf16, or a CPU
+    where :func:`cpu_bf16_faster` measured it so; other values unchanged. Training (bf16 autocast)
+    and scoring both follow it.
 
     Example
     -------
-    >>> scoring_precision("int8", "cpu")
+    >>> auto_precision("int8", "cpu")
     'int8'
     """
     if requested != "auto":

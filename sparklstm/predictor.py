@@ -16,7 +16,7 @@ from .training.data import pad_ids
 from .errors import SparklstmError
 from .runtime import tune_allocator
 
-# auto: bf16 where it scores faster than fp32 (device.scoring_precision), else fp32.
+# auto: bf16 where it scores faster than fp32 (device.auto_precision), else fp32.
 PRECISIONS = ("auto", "fp32", "bf16", "int8")
 # A model batch closes early, once it holds batch_size // 4 rows, when its next row would pad it
 # beyond this share of its real tokens. Per-token speed on CPU is nearly flat from 64 to 256
@@ -70,11 +70,11 @@ class Predictor:
                  precision: str = "auto"):
         import torch
 
-        from .device import scoring_precision
+        from .device import auto_precision
 
         if precision not in PRECISIONS:
             raise SparklstmError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        precision = scoring_precision(precision, device)  # what scores: fp32, bf16 or int8
+        precision = auto_precision(precision, device)  # what scores: fp32, bf16 or int8
         if batch_size < 1:
             raise SparklstmError(f"batch_size must be >= 1, got {batch_size}")
         self.artifact = artifact

@@ -157,10 +157,10 @@ def test_cli_score(spark, chain, work):
     assert sorted(df.columns) == ["label", "prediction", "text"]
     assert df.count() == 240
     assert df.where("prediction IS NULL").count() == 0
-    from sparklstm.device import scoring_precision  # the default, auto: what this CPU runs natively
+    from sparklstm.device import auto_precision  # the default, auto: what this CPU runs natively
 
     assert {r[0] for r in df.select("prediction.precision").distinct().collect()} == \
-        {scoring_precision("auto", "cpu")}
+        {auto_precision("auto", "cpu")}
 
 
 def test_cli_evaluate(spark, chain, work):

@@ -590,13 +590,13 @@ def test_udf_in_bf16_equals_the_local_bf16_predictor_and_explains_in_fp32(spark,
 def test_default_precision_is_auto_and_each_row_says_what_scored_it(spark, model_dir):
     """precision="auto" (the default): bf16 where the CPU runs it natively, else fp32; the
     struct's precision field names it, and labels match fp32's on this corpus."""
-    from sparklstm.device import scoring_precision
+    from sparklstm.device import auto_precision
 
     texts = mixed_texts()
     df = spark.createDataFrame([(i, t) for i, t in enumerate(texts)], "id int, text string")
     got = sorted(df.withColumn("p", classify_udf(spark, model_dir)("text")).collect(),
                  key=lambda r: r["id"])
-    auto = scoring_precision("auto", "cpu")
+    auto = auto_precision("auto", "cpu")
     assert {r["p"]["precision"] for r in got if r["p"] is not None} == {auto}
     fp32 = Predictor.from_dir(model_dir, precision="fp32").predict(texts)
     for row, full in zip(got, fp32):
@@ -614,10 +614,10 @@ def test_default_precision_is_auto_and_each_row_says_what_scored_it(spark, model
 def test_auto_times_bf16_against_fp32_once_per_process():
     """auto's CPU rule is a measurement: bf16 must beat fp32 by the margin (no margin: any CPU
     with native bf16 passes; an impossible margin: none does), and it is taken once."""
-    from sparklstm.device import cpu_bf16_faster, native_bf16, scoring_precision
+    from sparklstm.device import cpu_bf16_faster, native_bf16, auto_precision
 
     assert cpu_bf16_faster(0.0) == native_bf16("cpu")
     assert cpu_bf16_faster(1000.0) is False
     assert cpu_bf16_faster() is cpu_bf16_faster()  # cached: one measurement per process
-    assert scoring_precision("auto", "cpu") == ("bf16" if cpu_bf16_faster() else "fp32")
-    assert [scoring_precision(p, "cpu") for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
+    assert auto_precision("auto", "cpu") == ("bf16" if cpu_bf16_faster() else "fp32")
+    assert [auto_precision(p, "cpu") for p in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]

@@ -50,10 +50,10 @@ def _task_device(requested: str) -> str:
 
 
 def _predictor(shipped, model_id: str, device: str, batch_size: int, precision: str):
-    from ..device import scoring_precision
+    from ..device import auto_precision
     from ..predictor import Predictor
 
-    precision = scoring_precision(precision, device)  # auto follows this task's device
+    precision = auto_precision(precision, device)  # auto follows this task's device
     key = (model_id, device, precision)
     predictor = _PREDICTORS.get(key)
     if predictor is None:
@@ -125,7 +125,7 @@ def classify_udf(spark, model_dir: str | Path, *, batch_size: int = 256, device:
     The raw pandas UDF is ``.udf`` (for ``spark.udf.register``).
 
     ``precision``: ``auto`` (default: ``bf16`` where it is faster than fp32, measured once per
-    worker on a CPU, else ``fp32``; ``device.scoring_precision``), ``fp32``, ``bf16`` (autocast's),
+    worker on a CPU, else ``fp32``; ``device.auto_precision``), ``fp32``, ``bf16`` (autocast's),
     ``int8`` (dynamic quantization, CPU); the struct's ``precision`` says which scored the row.
     ``buffer_rows``: rows gathered across
     Arrow batches before length-sorting them into model batches (default ``max(4 * batch_size,
