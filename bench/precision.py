@@ -25,6 +25,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from accuracy import macro_f1, same_split  # noqa: E402
 
+from sparklstm.config import PrepConfig  # noqa: E402
 from sparklstm.device import auto_precision  # noqa: E402
 from sparklstm.predictor import Predictor  # noqa: E402
 from sparklstm.spark.prep import load_prepped  # noqa: E402
@@ -78,7 +79,7 @@ def main(argv=None) -> None:
     df = df[df["text"].str.strip().astype(bool)].reset_index(drop=True)
     spark = get_spark(master="local[2]")
     _, _, info = load_prepped(args.prepped)
-    cfg = type("Prep", (), info["settings"])  # the settings prep ran with (hash seed, fractions)
+    cfg = PrepConfig(**info["settings"])  # the settings prep ran with (hash seed, fractions)
     split = same_split(spark, df, args.prepped, cfg)
     texts = split["test"]["text"].tolist() + split["train"]["text"].tolist() + split["val"]["text"].tolist()
     test = np.zeros(len(texts), dtype=bool)
