@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--large", type=int, default=0, help="also score this many rows made in Spark")
     ap.add_argument("--no-wide", dest="wide", action="store_false",
                     help="a model without the wide TF-IDF path (the default model before it)")
+    ap.add_argument("--busy-neighbour", action="store_true",
+                    help="time (a) and (b) again beside one busy process (a loop holding a core)")
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="sparklstm-bench-"))
@@ -233,6 +235,33 @@ def main() -> None:
                   f"max |prob diff| {np.nanmax(np.abs(probs - base_probs)):.4f}")
     print(f"peak Python worker RSS: {monitor.peak_each / 1024:.0f} MiB per worker, "
           f"{monitor.peak_total / 1024:.0f} MiB all workers")
+
+    if a.busy_neighbour:
+        # What a shared machine does to the defaults: (a) as `sparklstm predict` runs it (torch's
+        # threads, then one), (b) with its default precision (Spark tasks use one thread each).
+        import sys
+
+        import torch
+
+        threads = torch.get_num_threads()
+        p = Predictor.from_dir(model_dir, batch_size=a.batch_size)
+        classify = classify_udf(spark, model_dir, batch_size=a.batch_size)
+        cases = {f"(a) Predictor, {threads} threads": lambda: p.predict_arrays(texts),
+                 "(a) Predictor, 1 thread": lambda: p.predict_arrays(texts),
+                 "(b) classify_udf, default settings": lambda: run(classify("text"))}
+        print("\nbeside one busy process:")
+        for name, fn in cases.items():
+            torch.set_num_threads(1 if "1 thread" in name else threads)
+            idle = timed(fn)
+            neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            try:
+                busy = timed(fn)
+            finally:
+                neighbour.kill()
+                neighbour.wait()
+            print(f"{name:44s} idle {n / idle:8.1f} docs/s, busy {n / busy:8.1f} docs/s, "
+                  f"kept {idle / busy:.2f}")
+        torch.set_num_threads(threads)
 
     if a.large:
         from pyspark.sql import functions as F

@@ -234,7 +234,18 @@ def train(
         "--wide/--no-wide",
         help="Mix in a linear path over TF-IDF word unigrams + bigrams (fitted first).")] = MODEL.wide,
     num_threads: Annotated[int, typer.Option(
-        "--threads", help="torch CPU threads (0: torch's default).")] = TRAIN.num_threads,
+        "--threads", help="torch CPU threads per process (0: torch's default in one process, 1 "
+                          "per rank with several).")] = TRAIN.num_threads,
+    processes: Annotated[int, typer.Option(
+        help="Data-parallel ranks (DDP). 0: auto, one per core up to batch-size/32, 1 on a GPU. "
+             "With --cluster: Spark tasks, one slot each.")] = TRAIN.processes,
+    cluster: Annotated[bool, typer.Option(
+        "--cluster", help="Run the ranks as tasks of the Spark cluster (--master) through "
+                          "TorchDistributor; PREPPED and OUT must be on storage every executor "
+                          "reaches.")] = False,
+    use_gpu: Annotated[bool, typer.Option(
+        "--use-gpu", help="With --cluster: a GPU per rank, from the task's resources.")] = False,
+    master: Master = None,
     flush_denormal: Annotated[bool, typer.Option(
         "--flush-denormal/--no-flush-denormal",
         help="Flush denormal floats to zero on the CPU (much faster under load).")] = TRAIN.flush_denormal,
@@ -272,9 +283,14 @@ def train(
                                  "continue it or --overwrite to start over)")
         if mlflow_experiment is not None and not mlflow:
             raise SparklstmError("--mlflow-experiment applies only with --mlflow")
+        if master is not None and not cluster:
+            raise SparklstmError("--master applies only with --cluster")
+        if cluster:
+            _spark(master)  # TorchDistributor runs on the active session
         metrics = run_train(prepped=prepped, out=out, model_config=cfg.model, train_config=cfg.train,
                             progress=_bar_fits() if progress is None else progress, log=_log,
-                            resume=resume, mlflow=mlflow, mlflow_experiment=mlflow_experiment)
+                            resume=resume, mlflow=mlflow, mlflow_experiment=mlflow_experiment,
+                            cluster=cluster, use_gpu=use_gpu)
         for name in ("val", "test"):
             if metrics[name]:
                 _show_metrics(name, metrics[name])

@@ -75,7 +75,10 @@ class TrainConfig:
     # a GPU with bf16, or a CPU where a timed GEMM says so), else fp32; ~2.4x the tokens/s on the
     # AMD EPYC at the same accuracy, 0.72-0.88x on an Intel Xeon without AMX (docs/benchmarks.md).
     precision: str = "auto"  # auto | fp32 | bf16
-    num_threads: int = 0  # 0 = torch's default
+    num_threads: int = 0  # 0 = torch's default in one process, 1 per rank with several
+    # Data-parallel ranks (DDP) on this machine; 0 = auto (training/distributed.py,
+    # default_processes: one per core, at most batch_size / 32, one on a GPU).
+    processes: int = 0
     # A train split with more rows is streamed from its Parquet shards through a shuffle buffer of
     # this many rows (~1 KB each at max_len 256); smaller splits are read whole and fully shuffled.
     shuffle_buffer_rows: int = 500_000

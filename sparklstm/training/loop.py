@@ -1,16 +1,22 @@
-"""Single-node PyTorch training over prepped/ Parquet.
+"""PyTorch training over prepped/ Parquet, in one process or as data-parallel ranks.
 
 The loop is written out (no framework): length-bucketed batches, Adam, gradient clipping, a
 validation pass per epoch, early stopping on validation macro-F1 with the best weights kept, and
 the model directory written at the end with validation and test metrics. After every epoch the
 loop's whole state is checkpointed (``checkpoint.py``) so ``resume=True`` continues an
 interrupted run to the same result; a run that finishes removes its checkpoint.
+
+With several ranks (``distributed.py`` starts them) each rank trains on its share of every global
+batch (or, for a split streamed from its shards, on its share of the shards), DDP averages the
+gradients, the validation logits are gathered from all ranks, and rank 0 alone writes. One rank
+is ``Ranks()``, and the same code runs without touching torch.distributed.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -24,6 +30,7 @@ from .checkpoint import LoopState, remove_checkpoint, run_settings, save_checkpo
 from .checkpoint import resume as resume_state
 from ..config import ModelConfig, TrainConfig, as_dict
 from .data import Split, pad_batch
+from .ranks import SINGLE, Ranks, data_parallel
 from .shards import ShardedSplit, open_split
 from ..device import resolve_device
 from ..errors import SparklstmError
@@ -92,30 +99,33 @@ def _predictions(model, split: Split | ShardedSplit, *, device: str, batch_size:
             yield part, rows, probs.argmax(dim=1).cpu().numpy()
 
 
-def split_logits(fn, split: Split | ShardedSplit, *, device: str):
+def split_logits(fn, split: Split | ShardedSplit, *, device: str, ranks: Ranks = SINGLE):
     """(logits (N, out) fp32 on CPU, labels (N,)) of ``fn(ids, lengths)`` over a split, in its
-    evaluation order (sorted by length)."""
+    evaluation order (sorted by length). With several ranks each computes every world-th batch
+    and all ranks receive all of them."""
     import torch
 
-    logits, labels = [], []
+    done = []  # (batch index, logits (b, out), labels (b,))
     with torch.inference_mode():
-        for part, rows in split.batches(batch_size=256, rng=None):
-            x, lengths, y = pad_batch(part, rows)
-            logits.append(fn(x.to(device), lengths.to(device)).float().cpu())
-            labels.append(y)
-    if not logits:
+        for index, (part, rows) in enumerate(split.batches(batch_size=256, rng=None)):
+            if ranks.mine(index):
+                x, lengths, y = pad_batch(part, rows)
+                done.append((index, fn(x.to(device), lengths.to(device)).float().cpu(), y))
+    done = sorted(ranks.gather(done), key=lambda item: item[0])
+    if not done:
         return torch.zeros(0, 1), torch.zeros(0, dtype=torch.int64)
-    return torch.cat(logits), torch.cat(labels)
+    return torch.cat([d[1] for d in done]), torch.cat([d[2] for d in done])
 
 
-def select_metrics(model, split, labels: list[str], wide_logits, *, device: str):
+def select_metrics(model, split, labels: list[str], wide_logits, *, device: str,
+                   ranks: Ranks = SINGLE):
     """(validation report, mix): the model's metrics on the selection split. With a wide path,
     the mix of the two paths' logits that scores best there (``wide.choose_mix``), and the
     recurrent path's own macro-F1 as ``deep_macro_f1``; without, mix is None."""
     if wide_logits is None:
-        return evaluate_split(model, split, labels, device=device), None
+        return evaluate_split(model, split, labels, device=device, ranks=ranks), None
     model.eval()
-    deep, y = split_logits(model.deep_logits, split, device=device)
+    deep, y = split_logits(model.deep_logits, split, device=device, ranks=ranks)
     mix, _ = choose_mix(deep, wide_logits, y, num_classes=len(labels))
     combined = (1 - mix) * deep + mix * wide_logits
     val = report(confusion_matrix(y.numpy(), predicted(combined).numpy(), len(labels)), labels)
@@ -124,19 +134,41 @@ def select_metrics(model, split, labels: list[str], wide_logits, *, device: str)
     return val, mix
 
 
-def evaluate_split(model, split: Split | ShardedSplit, labels: list[str], *, device: str) -> dict:
-    true, pred = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for part, rows, p in _predictions(model, split, device=device, batch_size=256):
-        true.append(part.labels[rows])
-        pred.append(p)
-    return report(confusion_matrix(np.concatenate(true), np.concatenate(pred), len(labels)), labels)
+def evaluate_split(model, split: Split | ShardedSplit, labels: list[str], *, device: str,
+                   ranks: Ranks = SINGLE) -> dict:
+    model.eval()
+    logits, y = split_logits(model, split, device=device, ranks=ranks)
+    pred = model.probabilities(logits).argmax(dim=1) if len(y) else y
+    return report(confusion_matrix(y.numpy(), pred.numpy(), len(labels)), labels)
+
+
+def train_batches(split: Split | ShardedSplit, *, batch_size: int, rng: np.random.Generator,
+                  ranks: Ranks):
+    """(part, rows) of this rank's training steps in one epoch. Every rank draws the same global
+    batches from the same ``rng`` and takes its share of each; a streamed split instead deals its
+    shards out to the ranks, each cutting batches of batch_size / world rows, for the same number
+    of steps on every rank (DDP needs every rank in every all-reduce)."""
+    if isinstance(split, ShardedSplit) and ranks.world > 1:
+        yield from split.batches(batch_size=max(1, batch_size // ranks.world), rng=rng,
+                                 rank=ranks.rank, world=ranks.world)
+        return
+    for part, rows in split.batches(batch_size=batch_size, rng=rng):
+        if len(rows) >= ranks.world:  # a last batch smaller than the world is skipped by all
+            yield part, ranks.share(rows)
 
 
 def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | None = None,
           train_config: TrainConfig | None = None, progress: bool = True,
           log: Callable[[str], None] = print, resume: bool = False, mlflow: bool = False,
-          mlflow_experiment: str | None = None) -> dict:
+          mlflow_experiment: str | None = None, cluster: bool = False,
+          use_gpu: bool = False) -> dict:
     """Train on ``prepped/`` and write the model directory ``out``; returns metrics.json's content.
+
+    ``train_config.processes`` ranks train data-parallel (DDP) on this machine, each with
+    ``num_threads`` torch threads (1 if 0); 0 picks the layout (``distributed.default_processes``).
+    With ``cluster=True`` the ranks are tasks of the active Spark session's cluster, started by
+    TorchDistributor (``use_gpu``: a GPU per task); prepped/ and ``out`` must then be on storage
+    every executor reads and writes.
 
     Every epoch is checkpointed in ``out/checkpoint/``; with ``resume=True`` training continues
     from the last completed epoch of an interrupted run with the same settings and ends with the
@@ -146,7 +178,7 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     With ``mlflow=True`` the run is logged to MLflow (settings, per-epoch and final metrics, the
     curves, the model directory and a pyfunc model; sparklstm/tracking.py): into the active run
     if there is one, else into a new run in ``mlflow_experiment`` (MLflow's active experiment if
-    None).
+    None). Several ranks log their epochs when training ends.
 
     Example
     -------
@@ -154,29 +186,92 @@ def train(*, prepped: str | Path, out: str | Path, model_config: ModelConfig | N
     >>> metrics["test"]["macro_f1"]                             # doctest: +SKIP
     0.96
     """
-    kwargs = dict(prepped=prepped, out=out, model_config=model_config, train_config=train_config,
-                  progress=progress, log=log, resume=resume)
+    mcfg = model_config or ModelConfig()
+    tcfg = train_config or TrainConfig()
+    if not 0 <= mcfg.dropout < 1:  # checked before any data is read
+        raise SparklstmError(f"model.dropout must be >= 0 and < 1, got {mcfg.dropout}")
+    if mlflow_experiment is not None and not mlflow:
+        raise SparklstmError("mlflow_experiment applies only with mlflow=True")
+    run = functools.partial(_run, prepped=prepped, out=out, model_config=mcfg, train_config=tcfg,
+                            progress=progress, log=log, resume=resume, cluster=cluster,
+                            use_gpu=use_gpu)
     if not mlflow:
-        if mlflow_experiment is not None:
-            raise SparklstmError("mlflow_experiment applies only with mlflow=True")
-        return _train(**kwargs, tracker=None)
+        return run(tracker=None)
     from ..tracking import training_run  # imports MLflow: only when asked for
 
     with training_run(experiment=mlflow_experiment, log=log) as tracker:
-        metrics = _train(**kwargs, tracker=tracker)
+        metrics = run(tracker=tracker)
         tracker.finished(out=out, metrics=metrics, curves=CURVES_PNG)
     return metrics
 
 
-def _train(*, prepped, out, model_config, train_config, progress, log, resume, tracker) -> dict:
-    """train() without the MLflow run around it; ``tracker`` (tracking.TrainingRun or None)
-    is told the settings and each epoch as they happen."""
+def _processes(tcfg: TrainConfig, *, prepped, cluster: bool, use_gpu: bool) -> int:
+    from .distributed import default_processes
+
+    if tcfg.processes < 0:
+        raise SparklstmError(f"train.processes must be >= 0 (0 = auto), got {tcfg.processes}")
+    if use_gpu and not cluster:
+        raise SparklstmError("use_gpu applies only with cluster=True (--cluster); "
+                             "on this machine, train.device picks the GPU")
+    if tcfg.processes:
+        device = resolve_device(tcfg.device)
+        if not cluster and device.startswith("cuda") and tcfg.processes > 1:
+            import torch
+
+            if tcfg.processes > torch.cuda.device_count():
+                raise SparklstmError(f"{tcfg.processes} ranks need as many GPUs, this machine has "
+                                     f"{torch.cuda.device_count()}; use --processes 1 or --device cpu")
+        return tcfg.processes
+    if cluster:
+        raise SparklstmError("cluster training needs the number of ranks: train.processes "
+                             "(--processes N), one Spark task slot each")
+    load_prepped(prepped)  # a bad prepped/ fails here, in one line
+    train_tokens = ShardedSplit(Path(prepped) / "train", buffer_rows=1).tokens()  # ids lengths only
+    planned = train_tokens * planned_epochs(tcfg, train_tokens=train_tokens)
+    return default_processes(device=resolve_device(tcfg.device), batch_size=tcfg.batch_size,
+                             planned_tokens=planned)
+
+
+def _run(*, prepped, out, model_config, train_config, progress, log, resume, cluster, use_gpu,
+         tracker) -> dict:
+    """The loop in this process, or ranks through a launcher (distributed.py)."""
+    processes = _processes(train_config, prepped=prepped, cluster=cluster, use_gpu=use_gpu)
+    if processes == 1 and not cluster:
+        return run_loop(prepped=prepped, out=out, model_config=model_config,
+                        train_config=train_config, progress=progress, log=log, resume=resume,
+                        tracker=tracker)
+    from . import distributed
+
+    # Checked here, so a bad input fails once and in one line, before any rank starts.
+    load_prepped(prepped)
+    job = distributed.Job(prepped=str(Path(prepped).resolve()), out=str(Path(out).resolve()),
+                          model_config=as_dict(model_config),
+                          train_config=as_dict(train_config) | {"processes": processes},
+                          resume=resume, progress=progress)
+    if cluster:
+        metrics = distributed.launch_cluster(job, processes=processes, use_gpu=use_gpu, log=log)
+    else:
+        threads = train_config.num_threads or 1
+        log(f"training with {processes} processes of {threads} thread{'s' * (threads > 1)} "
+            "(data-parallel ranks)")
+        metrics = distributed.launch_local(job, processes=processes, threads=threads)
+    settings = metrics.pop("settings")
+    if tracker is not None:  # the ranks cannot reach the parent's MLflow run while they train
+        tracker.started(settings, prepped=prepped)
+        for row in metrics["history"]:
+            tracker.epoch(row)
+    return metrics
+
+
+def run_loop(*, prepped, out, model_config, train_config, progress, log, resume, tracker,
+             ranks: Ranks = SINGLE, device: str | None = None) -> dict | None:
+    """The training loop of one rank (of one process by default); ``tracker``
+    (tracking.TrainingRun or None) is told the settings and each epoch as they happen. Returns
+    metrics.json's content on rank 0, None on the others."""
     import torch
 
     mcfg = model_config or ModelConfig()
     tcfg = train_config or TrainConfig()
-    if not 0 <= mcfg.dropout < 1:
-        raise SparklstmError(f"model.dropout must be >= 0 and < 1, got {mcfg.dropout}")
     vocab, labels, prep_info = load_prepped(prepped)
     max_len = prep_info["settings"]["max_len"]
     # Splits larger than the shuffle buffer are streamed from their Parquet shards (shards.py).
@@ -202,14 +297,15 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
     if len(present) < 2:
         raise SparklstmError(f"{prepped}: the train split has a single class ({labels[present[0]]!r})")
 
-    device = resolve_device(tcfg.device)
-    if tcfg.num_threads > 0:
+    device = device or resolve_device(tcfg.device)
+    if tcfg.num_threads > 0 and ranks.world == 1:  # a rank's threads are set by its launcher
         torch.set_num_threads(tcfg.num_threads)
     # Denormal floats show up in LSTM gradients and are ~100x slower on x86 CPUs; flushing them
     # is harmless, and helped under load (bench/NOTES.md, "Training throughput").
     torch.set_flush_denormal(tcfg.flush_denormal)
     tune_allocator()  # no page faults for each batch's fresh buffers (+45% tokens/s measured)
-    precision = training_precision(tcfg.precision, device)
+    # auto times a GEMM: the ranks must agree, and rank 0's timing decides for all.
+    precision = ranks.from_main(training_precision(tcfg.precision, device))
     seed_everything(tcfg.seed)
     rng = np.random.default_rng(tcfg.seed)
 
@@ -221,9 +317,12 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
         # The wide path is logistic regression on TF-IDF features: fitted first, as the convex
         # problem it is (sparklstm/nn/wide.py), then held fixed while the recurrent path trains.
         model.wide.requires_grad_(False)
-        if not resume:
+        if not resume and ranks.main:
             wide_fit = fit_wide(model.wide, train_split=train_split, val_split=val_split,
                                 num_classes=len(labels), log=log)
+        if not resume and ranks.world > 1:  # fitted once, on rank 0, and sent to the others
+            wide_fit = ranks.from_main(wide_fit)
+            model.wide.load_state_dict(ranks.from_main(model.wide.state_dict()))
     model = model.to(device)
     deep_params = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
     optimizer = torch.optim.Adam(deep_params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
@@ -236,8 +335,11 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
     if not has_val:
         log("warning: the val split is empty; early stopping watches the train split")
 
-    settings = run_settings(model_config=as_dict(mcfg), train_config=as_dict(tcfg), device=device,
-                            precision=precision, prepped=prepped)
+    settings = run_settings(model_config=as_dict(mcfg), device=device, precision=precision,
+                            train_config=as_dict(tcfg) | {"processes": ranks.world}, prepped=prepped)
+    # (B, T) ids -> (B, out) logits of the recurrent path; with several ranks through DDP, which
+    # averages the gradients over the ranks during backward (in buckets, as they are ready).
+    deep = model.deep_logits if ranks.world == 1 else data_parallel(model, device=device)
     if tracker is not None:
         tracker.started(settings, prepped=prepped)
     st = LoopState()
@@ -253,23 +355,25 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
     # mix are chosen together).
     select_wide = None
     if model.wide is not None:
-        select_wide, _ = split_logits(model.wide, select_on, device=device)
+        select_wide, _ = split_logits(model.wide, select_on, device=device, ranks=ranks)
     bar = _progress(progress)
     with bar:
         for epoch in range(st.epoch + 1, 0 if st.done else epochs + 1):
-            batches = train_split.batches(batch_size=tcfg.batch_size, rng=rng)
+            batches = train_batches(train_split, batch_size=tcfg.batch_size, rng=rng, ranks=ranks)
             total = -(-len(train_split) // tcfg.batch_size)  # exact in memory, about right streamed
+            if ranks.world > 1:  # dropout masks differ by rank; a seed per epoch makes resume exact
+                torch.manual_seed(ranks.torch_seed(tcfg.seed, epoch))
             steps_done = (epoch - 1) * total  # the schedule's position; the same after --resume
             task = bar.add_task(f"epoch {epoch}/{epochs}", total=total, loss=float("nan"),
                                 f1=st.best_f1 if st.best_f1 >= 0 else float("nan"))
             model.train()
-            started, loss_sum = time.perf_counter(), 0.0
+            started, loss_sum, tokens = time.perf_counter(), 0.0, 0
             step = 0
             for step, (part, rows) in enumerate(batches, 1):
                 x, lengths, y = (t.to(device) for t in pad_batch(part, rows))
                 with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16,
                                     enabled=precision == "bf16"):
-                    logits = model.deep_logits(x, lengths)  # bf16 matmuls; fp32 weights and Adam
+                    logits = deep(x, lengths)  # bf16 matmuls; fp32 weights and Adam
                 loss = model.loss(logits, y, weight=class_weight)  # the loss is computed in fp32
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -279,10 +383,16 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
                     group["lr"] = lr_at(tcfg, (steps_done + step - 1) / (epochs * total))
                 optimizer.step()
                 loss_sum += loss.item()
-                st.real_tokens += int(part.lengths[rows].sum())
+                tokens += int(part.lengths[rows].sum())
                 bar.update(task, advance=1, loss=loss_sum / step)
             st.train_seconds += time.perf_counter() - started
-            val, mix = select_metrics(model, select_on, labels, select_wide, device=device)
+            # Every rank's tokens and mean loss (a rank's loss is the mean over its share).
+            per_rank = ranks.gather([(tokens, loss_sum, step)])
+            st.real_tokens += sum(t for t, _, _ in per_rank)
+            step = max(per_rank[0][2], 1)
+            loss_sum = sum(l for _, l, _ in per_rank) / len(per_rank)
+            val, mix = select_metrics(model, select_on, labels, select_wide, device=device,
+                                      ranks=ranks)
             st.history.append({"epoch": epoch, "train_loss": loss_sum / max(step, 1),
                                "val_accuracy": val["accuracy"], "val_macro_f1": val["macro_f1"]}
                               | ({} if mix is None else {"mix": mix,
@@ -302,19 +412,21 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
             else:
                 st.stale += 1
             st.epoch, st.done = epoch, st.stale >= tcfg.patience or epoch == epochs
-            save_checkpoint(out, state=st, settings=settings, model=model, optimizer=optimizer,
-                            batch_rng=rng, device=device)
+            if ranks.main:  # the ranks hold the same weights and Adam moments
+                save_checkpoint(out, state=st, settings=settings, model=model,
+                                optimizer=optimizer, batch_rng=rng, device=device)
             if st.stale >= tcfg.patience:
                 log(f"early stop after epoch {epoch}: no better val macro-F1 for {st.stale} epochs")
                 break
 
     model.load_state_dict(st.best_state)
     if model.wide is not None:
-        _, mix = select_metrics(model, select_on, labels, select_wide, device=device)
+        _, mix = select_metrics(model, select_on, labels, select_wide, device=device, ranks=ranks)
         model.wide.mix.fill_(mix if has_val else 0.5)
+    evaluate = functools.partial(evaluate_split, model, labels=labels, device=device, ranks=ranks)
     metrics = {
-        "val": evaluate_split(model, val_split, labels, device=device) if has_val else None,
-        "test": evaluate_split(model, test_split, labels, device=device) if len(test_split) else None,
+        "val": evaluate(val_split) if has_val else None,
+        "test": evaluate(test_split) if len(test_split) else None,
         "best_epoch": st.best_epoch,
         "epochs_planned": epochs,
         "history": st.history,
@@ -322,16 +434,19 @@ def _train(*, prepped, out, model_config, train_config, progress, log, resume, t
         "train_tokens_per_s": round(st.real_tokens / max(st.train_seconds, 1e-9), 1),
         "device": device,
         "precision": precision,
+        "processes": ranks.world,
     }
     if model.wide is not None:
         metrics["wide"] = {"mix": float(model.wide.mix)} | (st.wide_fit or {})
+    if not ranks.main:
+        return None
     save_model(out, model=model, vocab=vocab, labels=labels, model_config=as_dict(mcfg),
                max_len=max_len, metrics=metrics, extra={"train": as_dict(tcfg)})
     from ..plots import training_curves
 
     training_curves(st.history, out=Path(out) / CURVES_PNG)  # loss and val macro-F1 per epoch
     remove_checkpoint(out)  # the model directory is complete; only an interrupted run needs it
-    return metrics
+    return metrics if ranks.world == 1 else metrics | {"settings": settings}  # for the launcher
 
 
 def _progress(enabled: bool):

@@ -92,13 +92,39 @@ class ShardedSplit:
             if parts:
                 yield _concat(parts)
 
-    def batches(self, *, batch_size: int, rng: np.random.Generator | None
-                ) -> Iterator[tuple[Split, np.ndarray]]:
-        """(buffer, row indices) per batch: shuffled with ``rng``, in file order without."""
+    def batches(self, *, batch_size: int, rng: np.random.Generator | None, rank: int = 0,
+                world: int = 1) -> Iterator[tuple[Split, np.ndarray]]:
+        """(buffer, row indices) per batch: shuffled with ``rng``, in file order without.
+
+        With ``world`` ranks, every rank draws the same shard order from ``rng`` and reads every
+        world-th shard from ``rank``, and all stop after the number of batches the rank with
+        the fewest yields (each knows every shard's size), so their steps pair up one to one.
+        The rows left over vary with the epoch's order. Batches inside a rank's buffer are cut
+        with a generator of its own, so ``rng`` stays in step across the ranks."""
         order = list(rng.permutation(len(self.shards))) if rng is not None else list(range(len(self.shards)))
-        for block in self._blocks(order):
-            for rows in batch_indices(block.lengths, batch_size=batch_size, rng=rng):
+        if world == 1:
+            for block in self._blocks(order):
+                for rows in batch_indices(block.lengths, batch_size=batch_size, rng=rng):
+                    yield block, rows
+            return
+        local = None if rng is None else np.random.default_rng([int(rng.integers(2**63)), rank])
+        steps = min(self._count_batches(order[r::world], batch_size) for r in range(world))
+        done = 0
+        for block in self._blocks(order[rank::world]):
+            for rows in batch_indices(block.lengths, batch_size=batch_size, rng=local):
+                if done == steps:
+                    return
+                done += 1
                 yield block, rows
+
+    def _count_batches(self, order: list[int], batch_size: int) -> int:
+        """How many batches ``_blocks(order)`` cut into ``batch_size`` rows, from the metadata."""
+        count, held = 0, 0
+        for k in order:
+            held += self.shards[k][2]
+            if held >= self.buffer_rows:
+                count, held = count + -(-held // batch_size), 0
+        return count + -(-held // batch_size)
 
     def tokens(self) -> int:
         """Real (unpadded) tokens in the split, read shard by shard from the ids column."""
