@@ -418,12 +418,21 @@ def predict(
         help="auto (bf16 where it measures faster than fp32, else fp32) | fp32 | bf16 | int8.")
     ] = SCORE.precision,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    threads: Annotated[int, typer.Option(
+        help="torch CPU threads (0: torch's default, one per core). On a machine another job keeps "
+             "busy, 1 is faster (docs/benchmarks.md).")] = 0,
 ):
     """Classify texts locally, without Spark."""
     from .device import resolve_device
     from .predictor import Predictor
 
     with guarded():
+        if threads < 0:
+            raise SparklstmError(f"--threads must be >= 0, got {threads}")
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         if not texts or texts == ["-"]:
             texts = [line.rstrip("\n") for line in sys.stdin]
         predictor = Predictor.from_dir(model, device=resolve_device(device), precision=precision)

@@ -421,3 +421,19 @@ def test_spark_submit_job_error_is_the_last_line_on_stderr(chain, work, tmp_path
     assert lines[-1] == f"error: input not found: {missing}"
     assert len(lines) < 30, job.stderr  # Spark logs at WARN: about 10 lines on a local run
     assert "Traceback" not in job.stderr
+
+
+def test_predict_threads(chain, work):
+    """--threads 1 (faster beside a busy process) gives the labels of torch's default threads."""
+    import torch
+
+    model, text = work["base"] / "model", "goal match team league"
+    threads = torch.get_num_threads()
+    try:
+        one = json.loads(ok(invoke(["predict", "--model", model, "--json", "--threads", "1", text])).stdout)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    default = json.loads(ok(invoke(["predict", "--model", model, "--json", text])).stdout)
+    assert one["prediction"]["label"] == default["prediction"]["label"]
+    clean_error(invoke(["predict", "--model", model, "--threads", "-1", text]), contains="--threads")

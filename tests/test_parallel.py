@@ -181,3 +181,19 @@ def test_two_ranks_on_a_spark_cluster(prepped_dir, single, standalone, tmp_path)
     two, one = metrics(out), metrics(single)
     assert two["processes"] == 2
     assert abs(two["test"]["macro_f1"] - one["test"]["macro_f1"]) <= TOLERANCE
+
+
+def test_a_cluster_rank_that_cannot_read_prepped_fails_in_one_line(prepped_dir, standalone, tmp_path):
+    from cluster import ENV
+
+    broken = tmp_path / "prepped"
+    shutil.copytree(prepped_dir, broken)
+    for part in (broken / "train").glob("*.parquet"):
+        part.write_bytes(b"not parquet")
+    done = subprocess.run(cli_train(broken, tmp_path / "model", "--processes", "2", "--cluster",
+                                    "--master", standalone),
+                          cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank ") and "cannot read" in last, done.stderr[-3000:]
+    assert "every executor" in last and "Traceback" not in done.stderr

@@ -162,14 +162,40 @@ def launch_cluster(job: Job, *, processes: int, use_gpu: bool, log: Callable[[st
     log(f"training with {processes} ranks on the Spark cluster (TorchDistributor"
         f"{', a GPU per rank' if use_gpu else ''})")
     distributor = TorchDistributor(num_processes=processes, local_mode=False, use_gpu=use_gpu)
+    # The ranks' output reaches the driver through TorchDistributor's log stream, written to
+    # sys.stderr here; Spark's exception only says "view stdout logs". A rank's error line is
+    # taken from the stream, and what follows it (torchrun's report of the failure) is dropped.
+    stream = _RankErrors(sys.stderr)
+    sys.stderr = stream
     try:
-        result = distributor.run(cluster_rank, json.dumps(asdict(job)))
-    except Exception as e:  # the stage failed: find the rank's own one-line error in the report
-        for line in str(e).splitlines():
-            if "sparklstm-error:" in line:
-                raise SparklstmError(line.split("sparklstm-error:", 1)[1].strip()) from None
+        return distributor.run(cluster_rank, json.dumps(asdict(job)))
+    except Exception:
+        if stream.errors:
+            raise SparklstmError(stream.errors[0]) from None
         raise
-    return result
+    finally:
+        sys.stderr = stream.target
+
+
+class _RankErrors:
+    """A stderr that passes lines on until a rank reports ``sparklstm-error: ...``, and keeps those."""
+
+    def __init__(self, target):
+        self.target, self.errors = target, []
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines(keepends=True):
+            if MARKER in line:
+                self.errors.append(line.split(MARKER, 1)[1].strip())
+            elif not self.errors:
+                self.target.write(line)
+        return len(text)
+
+    def __getattr__(self, name):  # flush, fileno, isatty, ... of the real stderr
+        return getattr(self.target, name)
+
+
+MARKER = "sparklstm-error:"
 
 
 def cluster_rank(spec: str) -> dict | None:
@@ -179,10 +205,12 @@ def cluster_rank(spec: str) -> dict | None:
     try:
         return run_rank(Job(**json.loads(spec)))
     except SparklstmError as e:
-        # The Spark task's failure report carries stderr; the driver looks for this marker.
-        message = f"rank {os.environ.get('RANK')} on {_socket.gethostname()}: {e}"
-        print(f"sparklstm-error: {message}", file=sys.stderr, flush=True)
-        raise SparklstmError(message) from None
+        # One line for the driver (see launch_cluster), then exit without a traceback.
+        print(f"{MARKER} rank {os.environ.get('RANK')} on {_socket.gethostname()}: {e} (prepped/ "
+              "and the model directory must be on storage every executor reaches)",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
 
 
 def run_rank(job: Job) -> dict | None:
