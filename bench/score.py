@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from roofline import forward_flops_per_token, gemm_peak  # bench/roofline.py
 
 from sparklstm import classify_udf, prep, train
 from sparklstm.config import ModelConfig, PrepConfig, TrainConfig
@@ -227,6 +229,34 @@ def main() -> None:
         print(f"b/c (default settings) not measured: add {default} to --precisions")
     if not a.skip_naive:
         print(f"b/d (fp32)        {results['d'] / b:5.2f}")
+    # The useful FLOP rate: real tokens x the LSTM matmul FLOP per token (bench/roofline.py), per
+    # Spark task thread (local[2]: two), against a GEMM of the model's shape in the same run.
+    flops = forward_flops_per_token(ModelConfig())
+    for precision in a.precisions.split(","):
+        if precision in ("fp32", "bf16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            peak = gemm_peak(dtype)
+            torch.set_num_threads(threads)
+            rate = tokens / results[f"b_{precision}"] * flops / 2 / 1e9
+            print(f"(b) {precision}: {n / results[f'b_{precision}']:.1f} docs/s, useful {rate:.1f} "
+                  f"GFLOP/s per task thread = {rate / peak:.2f} of the GEMM peak ({peak:.1f})")
+    # Where (b)'s time goes, in thread-seconds (two single-thread tasks): tokenizing + encoding and
+    # the forward pass (Predictor, one thread, the same length-sorted batches), the rest being
+    # Arrow, Spark and the UDF's glue.
+    if f"b_{default}" in results:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        p1 = Predictor.from_dir(model_dir, batch_size=a.batch_size, precision=default)
+        held = {}
+        encode = timed(lambda: held.update(ids=[i for i in p1.encode(texts) if i is not None]))
+        forward = timed(lambda: p1.predict_ids(held["ids"]))
+        torch.set_num_threads(threads)
+        spent = 2 * results[f"b_{default}"]
+        print(f"(b) {default} thread-seconds {spent:.2f}: tokenize + encode {encode:.2f} "
+              f"({encode / spent:.0%}), forward {forward:.2f} ({forward / spent:.0%}), Arrow, Spark "
+              f"and glue {spent - encode - forward:.2f} ({(spent - encode - forward) / spent:.0%})")
     base_labels, base_probs = ref["fp32"][1], ref["fp32"][2]
     for precision in ref:
         if precision != "fp32":
@@ -240,8 +270,6 @@ def main() -> None:
         # What a shared machine does to the defaults: (a) as `sparklstm predict` runs it (torch's
         # threads, then one), (b) with its default precision (Spark tasks use one thread each).
         import sys
-
-        import torch
 
         threads = torch.get_num_threads()
         p = Predictor.from_dir(model_dir, batch_size=a.batch_size)
