@@ -60,9 +60,9 @@ def default_processes(*, device: str, batch_size: int, planned_tokens: int,
     one process on a GPU (one device) and for short runs (``MIN_PARALLEL_TOKENS``).
 
     Measured on 2 cores (bench/train_parallel.py, docs/benchmarks.md): one process with two
-    threads lost 3/4 of its speed beside one busy process, as OpenMP's threads wait on each other
-    whenever the neighbour holds a core; two single-thread ranks kept 0.7 of theirs, at a cost
-    of about 1/8 when the machine is idle."""
+    threads kept 0.26-0.37 of its speed beside one busy process, as OpenMP's threads wait on each
+    other whenever the neighbour holds a core; two single-thread ranks kept 0.72-0.84 of theirs,
+    and ran 0.84-1.08x as fast as the one process when the machine was idle."""
     if device.startswith("cuda") or planned_tokens < MIN_PARALLEL_TOKENS:
         return 1
     cores = cores or len(os.sched_getaffinity(0))
