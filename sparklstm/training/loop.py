@@ -225,7 +225,6 @@ def _processes(tcfg: TrainConfig, *, prepped, cluster: bool, use_gpu: bool) -> i
     if cluster:
         raise SparklstmError("cluster training needs the number of ranks: train.processes "
                              "(--processes N), one Spark task slot each")
-    load_prepped(prepped)  # a bad prepped/ fails here, in one line
     train_tokens = ShardedSplit(Path(prepped) / "train", buffer_rows=1).tokens()  # ids lengths only
     planned = train_tokens * planned_epochs(tcfg, train_tokens=train_tokens)
     return default_processes(device=resolve_device(tcfg.device), batch_size=tcfg.batch_size,
@@ -235,6 +234,7 @@ def _processes(tcfg: TrainConfig, *, prepped, cluster: bool, use_gpu: bool) -> i
 def _run(*, prepped, out, model_config, train_config, progress, log, resume, cluster, use_gpu,
          tracker) -> dict:
     """The loop in this process, or ranks through a launcher (distributed.py)."""
+    load_prepped(prepped)  # a bad prepped/ fails here, once and in one line, before any rank starts
     processes = _processes(train_config, prepped=prepped, cluster=cluster, use_gpu=use_gpu)
     if processes == 1 and not cluster:
         return run_loop(prepped=prepped, out=out, model_config=model_config,
@@ -242,8 +242,6 @@ def _run(*, prepped, out, model_config, train_config, progress, log, resume, clu
                         tracker=tracker)
     from . import distributed
 
-    # Checked here, so a bad input fails once and in one line, before any rank starts.
-    load_prepped(prepped)
     job = distributed.Job(prepped=str(Path(prepped).resolve()), out=str(Path(out).resolve()),
                           model_config=as_dict(model_config),
                           train_config=as_dict(train_config) | {"processes": processes},
@@ -321,8 +319,8 @@ def run_loop(*, prepped, out, model_config, train_config, progress, log, resume,
             wide_fit = fit_wide(model.wide, train_split=train_split, val_split=val_split,
                                 num_classes=len(labels), log=log)
         if not resume and ranks.world > 1:  # fitted once, on rank 0, and sent to the others
-            wide_fit = ranks.from_main(wide_fit)
-            model.wide.load_state_dict(ranks.from_main(model.wide.state_dict()))
+            wide_fit, fitted = ranks.from_main((wide_fit, model.wide.state_dict()))
+            model.wide.load_state_dict(fitted)
     model = model.to(device)
     deep_params = [p for n, p in model.named_parameters() if not n.startswith("wide.")]
     optimizer = torch.optim.Adam(deep_params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
